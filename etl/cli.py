@@ -1,0 +1,338 @@
+"""The `etl` command line: parses options, calls the library, turns outcomes into exit codes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import click
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import __version__, logs
+from .config import Config, load_config, parse_when
+from .db import describe_url, make_engine
+from .errors import ConfigError, EtlError
+from .migrate import upgrade
+from .runner import AccountResult, Job, run_accounts
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+log = logging.getLogger("etl.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Settings:
+    def __init__(self, config_path: str | None, database_url: str | None, log_format: str,
+                 verbosity: int) -> None:
+        self.config_path = config_path
+        self.database_url = database_url
+        self.log_format = log_format
+        self.verbosity = verbosity
+
+    def config(self, *, require_file: bool = True) -> Config:
+        config = load_config(self.config_path, database_url=self.database_url,
+                             require_file=require_file and not self.database_url)
+        return config
+
+    def engine(self, config: Config) -> Engine:
+        return make_engine(config.database_url)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"etl: error: {message}", err=True)
+    sys.exit(code)
+
+
+def reports_errors(func: F) -> F:
+    """Turn library errors into one line and the contract's exit code; tracebacks only with -v."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        settings: Settings = click.get_current_context().obj
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except EtlError as exc:
+            fail(str(exc), EXIT_FAILED)
+        except SQLAlchemyError as exc:
+            if settings.verbosity > 0:
+                raise
+            orig = getattr(exc, "orig", None) or exc
+            first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+            fail(f"database error: {first}", EXIT_FAILED)
+        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if settings.verbosity > 0:
+                raise
+            fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)", EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class WhenType(click.ParamType):
+    name = "WHEN"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_when(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+WHEN = WhenType()
+
+
+def account_option(func: F) -> F:
+    return click.option(
+        "--account", "accounts", multiple=True, metavar="NAME",
+        help="Only this account (by its name in config.toml); repeat for several.",
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "config_path", envvar="ETL_CONFIG", metavar="PATH",
+              help="Configuration file.  [default: ./config.toml; env ETL_CONFIG]")
+@click.option("--database-url", envvar="ETL_DATABASE_URL", metavar="URL",
+              help="SQLAlchemy URL; beats [database].url.  [env ETL_DATABASE_URL]")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one object per line, for log shippers.")
+@click.option("-v", "--verbose", count=True, help="More detail: -v info and tracebacks, -vv debug.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no summary of accounts that succeeded.")
+@click.version_option(__version__, "--version", prog_name="etl")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, database_url: str | None, log_format: str,
+        verbose: int, quiet: bool) -> None:
+    """Keep a SQL `calls` table in exact, up-to-date sync with the Vox voice API.
+
+    \b
+    Typical use:
+      etl migrate                      create or upgrade the tables
+      etl sync                         incremental sync of every account
+      etl backfill --since 2026-01-01 --until 2026-02-01
+      etl status                       what each account's last runs did
+
+    Exit codes: 0 done, 1 an account failed (the others are committed),
+    2 usage or configuration error, 75 an account was locked by another run.
+    """
+    verbosity = -1 if quiet else verbose
+    logs.setup(log_format, verbosity)
+    ctx.obj = Settings(config_path, database_url, log_format, verbosity)
+
+
+@cli.command()
+@click.pass_obj
+@reports_errors
+def migrate(settings: Settings) -> None:
+    """Bring the database to the newest schema revision.
+
+    A new SQLite file is created. Safe to run at any time: nothing happens when the
+    database is up to date. `sync` and `backfill` do this themselves.
+
+    \b
+    Example:
+      etl --database-url sqlite:///calls.db migrate
+    """
+    config = settings.config(require_file=False)
+    engine = settings.engine(config)
+    before, after = upgrade(engine)
+    where = describe_url(config.database_url)
+    if before == after:
+        click.echo(f"{where}: already at revision {after}")
+    else:
+        click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}")
+
+
+def _report(settings: Settings, results: list[AccountResult]) -> int:
+    failed = [r for r in results if r.outcome == "failed"]
+    skipped = [r for r in results if r.outcome == "skipped"]
+    if failed:
+        return EXIT_FAILED
+    if skipped:
+        return EXIT_LOCKED
+    return EXIT_OK
+
+
+def _print_result(settings: Settings, result: AccountResult, progress: Progress | None) -> None:
+    if progress is not None:
+        progress.clear()
+    summary = result.summary()
+    if settings.log_format == "json":
+        line = json.dumps({"event": "summary", **summary})
+        click.echo(line)
+    elif result.outcome != "ok" or settings.verbosity >= 0:
+        fields = " ".join(
+            f"{k}={summary[k]}"
+            for k in ("new", "updated", "unchanged", "rejected", "requests", "seconds")
+        )
+        click.echo(f"{result.account}: {result.outcome} {fields}")
+    if result.outcome == "failed":
+        click.echo(f"etl: error: {result.account}: {result.error}", err=True)
+    elif result.outcome == "skipped" and settings.log_format != "json":
+        click.echo(f"etl: {result.account}: {result.error}", err=True)
+
+
+class Progress:
+    """A one-line progress display on a terminal; does nothing when stderr is not one."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._state: dict[str, tuple[int, int]] = {}
+        self._last = 0.0
+
+    def __call__(self, account: str, pages: int, calls: int) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._state[account] = (pages, calls)
+            now = time.monotonic()
+            if now - self._last < 0.1:
+                return
+            self._last = now
+            parts = [f"{name}: {p} pages, {c:,} calls" for name, (p, c) in self._state.items()]
+            sys.stderr.write("\r\033[K" + " | ".join(parts)[:200])
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            with self._lock:
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+
+
+def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wait: bool) -> None:
+    config = settings.config()
+    selected = config.select(accounts)
+    if not selected:
+        raise ConfigError(f"{config.source}: no [[accounts]] configured")
+    for account in selected:
+        account.token()  # a missing token is a configuration error, before any request
+    engine = settings.engine(config)
+    upgrade(engine)
+    progress = Progress(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
+    results = run_accounts(
+        engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
+        on_result=lambda r: _print_result(settings, r, progress),
+    )
+    sys.exit(_report(settings, results))
+
+
+def run_options(func: F) -> F:
+    func = click.option("--wait", is_flag=True,
+                        help="Wait for a locked account instead of skipping it (exit 75).")(func)
+    func = click.option("--jobs", "-j", type=click.IntRange(1, 64), default=1, show_default=True,
+                        help="Accounts synced at once.")(func)
+    return account_option(func)
+
+
+@cli.command()
+@run_options
+@click.option("--full", is_flag=True, help="Re-read the whole history, not only what is new.")
+@click.pass_obj
+@reports_errors
+def sync(settings: Settings, accounts: tuple[str, ...], jobs: int, wait: bool, full: bool) -> None:
+    """Sync every configured account (or those named) into the `calls` table.
+
+    From the second run on it is incremental: it reads only the calls newer than the
+    last sync (re-reading [sync].lookback behind it) and the stored calls that were still
+    ringing or in progress, wherever they sit in the list. Safe to run from cron: a run
+    that overlaps another skips the locked accounts (exit 75), and a killed run loses
+    nothing.
+
+    \b
+    Examples:
+      etl sync
+      etl sync --account acme --account globex
+      etl --log-format json sync --jobs 4
+    """
+    _run(settings, accounts, Job("sync", full=full), jobs, wait)
+
+
+@cli.command()
+@click.option("--since", type=WHEN, required=True, help="First start_time to include (YYYY-MM-DD or ISO-8601; UTC).")
+@click.option("--until", type=WHEN, required=True, help="End of the window, excluded.")
+@run_options
+@click.pass_obj
+@reports_errors
+def backfill(settings: Settings, since: datetime, until: datetime, accounts: tuple[str, ...],
+             jobs: int, wait: bool) -> None:
+    """Re-pull the calls with since <= start_time < until and upsert them.
+
+    The window is found by bisection on start_time (about log2(pages) requests), then
+    read page by page. The incremental state is left alone, and running the same
+    backfill twice changes nothing the second time.
+
+    \b
+    Example:
+      etl backfill --since 2026-03-01 --until 2026-03-08 --account acme
+    """
+    if until <= since:
+        raise ConfigError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+    _run(settings, accounts, Job("backfill", since=since, until=until), jobs, wait)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for scripts.")
+@click.pass_obj
+@reports_errors
+def status(settings: Settings, as_json: bool) -> None:
+    """Per account: last successful sync, watermark, calls stored, open calls, last outcome.
+
+    \b
+    Example:
+      etl status --json | jq '.accounts[] | select(.last_outcome != "ok")'
+    """
+    from .state import account_status
+
+    config = settings.config(require_file=False)
+    engine = settings.engine(config)
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = account_status(conn, [(a.auth_id, a.name) for a in config.accounts])
+    if as_json:
+        click.echo(json.dumps({"accounts": [r.as_dict() for r in rows]}, indent=2))
+        return
+    if not rows:
+        click.echo("no accounts synced yet")
+        return
+    headers = ["account", "auth_id", "last success", "watermark", "calls", "open", "rejects",
+               "last run", "error"]
+    table = [
+        [r.account_name, r.account_id, _when(r.last_success_at), _when(r.watermark),
+         f"{r.calls:,}", str(r.open_calls), str(r.rejects), r.last_outcome or "-",
+         (r.last_error or "")[:60]]
+        for r in rows
+    ]
+    click.echo(_table(headers, table))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ") if moment else "-"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def main() -> None:
+    cli(prog_name="etl")
+
+
+if __name__ == "__main__":
+    main()

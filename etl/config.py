@@ -1,0 +1,296 @@
+"""Load and validate `config.toml`: every mistake is one line naming the key, before any request."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config.toml"
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Vox account to sync; the token itself is read from `token_env` when needed."""
+
+    name: str
+    auth_id: str
+    token_env: str
+
+    def token(self, environ: Mapping[str, str] | None = None) -> str:
+        """The account's bearer token, from its environment variable."""
+        value = (os.environ if environ is None else environ).get(self.token_env, "")
+        if not value.strip():
+            raise ConfigError(
+                f"account {self.name!r}: environment variable {self.token_env} "
+                "(accounts.token_env) is not set"
+            )
+        return value.strip()
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    base_url: str = "https://api.tryvox.io/v1"
+    timeout: float = 30.0
+    max_attempts: int = 8
+    concurrency: int = 4
+    requests_per_second: float = 0.0
+    per_page: int = 100
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    retry_after_max: float = 120.0
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    lookback: timedelta = timedelta(minutes=15)
+    start_date: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = "sqlite:///calls.db"
+    api: ApiSettings = field(default_factory=ApiSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    accounts: tuple[Account, ...] = ()
+    source: str = "<defaults>"
+
+    def select(self, names: tuple[str, ...] | list[str]) -> list[Account]:
+        """The accounts named (all when none are), in configuration order."""
+        if not names:
+            return list(self.accounts)
+        known = {a.name: a for a in self.accounts}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            configured = ", ".join(known) or "none"
+            raise ConfigError(f"unknown account {unknown[0]!r} (configured: {configured})")
+        wanted = set(names)
+        return [a for a in self.accounts if a.name in wanted]
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: object) -> timedelta:
+    """`"15m"`, `"2h"`, `"1d"`, `"30s"` or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '15m'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like '15m', '2h' or '1d', got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return timedelta(seconds=seconds)
+
+
+def parse_when(value: object) -> datetime:
+    """`YYYY-MM-DD` (midnight UTC) or an ISO-8601 datetime (no offset means UTC)."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    else:
+        text = str(value).strip()
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                moment = datetime.fromisoformat(text)
+            else:
+                moment = datetime.fromisoformat(text.replace(" ", "T", 1))
+        except ValueError:
+            raise ValueError(
+                f"expected YYYY-MM-DD or an ISO-8601 datetime, got {text!r}"
+            ) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(value: object) -> str:
+    url = str(value).strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL, got {url!r}")
+    if parts.scheme != "https" and not is_loopback(parts.hostname):
+        raise ValueError(f"must use https (plain http is allowed only on loopback), got {url!r}")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; tokens come from token_env")
+    return url
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[object], Any]:
+    def check(value: object) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = kind(value) if kind is float else int(str(value), 10)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if kind is int and isinstance(value, float) and value != int(value):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if number < low or (high is not None and number > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"must be {bound}, got {value!r}")
+        return number
+
+    return check
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _database_url(value: object) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    text = _text(value)
+    try:
+        make_url(text)
+    except ArgumentError:
+        raise ValueError(f"not a SQLAlchemy database URL: {text!r}") from None
+    return text
+
+
+_API_KEYS: dict[str, Callable[[object], Any]] = {
+    "base_url": check_base_url,
+    "timeout": _number(float, 0.1, 3600),
+    "max_attempts": _number(int, 1, 100),
+    "concurrency": _number(int, 1, 64),
+    "requests_per_second": _number(float, 0, 10_000),
+    "per_page": _number(int, 1, 100),
+    "backoff_initial": _number(float, 0, 600),
+    "backoff_max": _number(float, 0, 3600),
+    "retry_after_max": _number(float, 0, 3600),
+}
+_SYNC_KEYS: dict[str, Callable[[object], Any]] = {
+    "lookback": parse_duration,
+    "start_date": parse_when,
+}
+_DATABASE_KEYS: dict[str, Callable[[object], Any]] = {"url": _database_url}
+_ACCOUNT_KEYS: dict[str, Callable[[object], Any]] = {
+    "name": _text,
+    "auth_id": _text,
+    "token_env": _text,
+}
+_SECTIONS = {"database": _DATABASE_KEYS, "api": _API_KEYS, "sync": _SYNC_KEYS}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_table(section: str, table: object, keys: Mapping[str, Callable[[object], Any]]) -> dict:
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}] must be a table")
+    checked = {}
+    for key, value in table.items():
+        if key not in keys:
+            allowed = ", ".join(keys)
+            raise ConfigError(f"unknown key [{section}].{key} (known: {allowed})")
+        try:
+            checked[key] = keys[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"[{section}].{key}: {exc}") from None
+    return checked
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """`ETL_<SECTION>_<KEY>` overrides a key of [database], [api] or [sync]."""
+    overrides: dict[str, dict[str, str]] = {}
+    for section, keys in _SECTIONS.items():
+        for key in keys:
+            name = f"ETL_{section.upper()}_{key.upper()}"
+            if environ.get(name, "").strip():
+                overrides.setdefault(section, {})[key] = environ[name]
+    if environ.get("ETL_DATABASE_URL", "").strip():
+        overrides.setdefault("database", {})["url"] = environ["ETL_DATABASE_URL"]
+    return overrides
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    database_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    require_file: bool = True,
+) -> Config:
+    """Read `path` (default `./config.toml`, env `ETL_CONFIG`), apply overrides, validate."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("ETL_CONFIG") or DEFAULT_CONFIG_PATH)
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    elif require_file:
+        raise ConfigError(
+            f"configuration file {path} not found (copy config.example.toml, or pass --config)"
+        )
+
+    for key in data:
+        if key not in (*_SECTIONS, "accounts"):
+            raise ConfigError(f"{path}: unknown key [{key}] (known: database, api, sync, accounts)")
+    sections = {name: _check_table(name, data.get(name, {}), keys) for name, keys in _SECTIONS.items()}
+    for section, values in _env_overrides(environ).items():
+        sections[section].update(_check_table(section, values, _SECTIONS[section]))
+    if database_url:
+        sections["database"].update(_check_table("database", {"url": database_url}, _DATABASE_KEYS))
+
+    api = ApiSettings(**sections["api"])
+    if api.backoff_max < api.backoff_initial:
+        raise ConfigError("[api].backoff_max must be at least [api].backoff_initial")
+
+    raw_accounts = data.get("accounts", [])
+    if not isinstance(raw_accounts, list):
+        raise ConfigError("[[accounts]] must be an array of tables")
+    accounts: list[Account] = []
+    for index, entry in enumerate(raw_accounts, start=1):
+        label = f"accounts #{index}"
+        values = _check_table(label, entry, _ACCOUNT_KEYS)
+        for key in _ACCOUNT_KEYS:
+            if key not in values:
+                raise ConfigError(f"[{label}]: missing key {key}")
+        if not _ENV_NAME.match(values["token_env"]):
+            raise ConfigError(
+                f"[{label}].token_env: must name an environment variable, got {values['token_env']!r}"
+            )
+        if any(a.name == values["name"] for a in accounts):
+            raise ConfigError(f"[{label}].name: duplicate account name {values['name']!r}")
+        if any(a.auth_id == values["auth_id"] for a in accounts):
+            raise ConfigError(f"[{label}].auth_id: duplicate auth_id {values['auth_id']!r}")
+        accounts.append(Account(**values))
+
+    return Config(
+        database_url=sections["database"].get("url", Config.database_url),
+        api=api,
+        sync=SyncSettings(**sections["sync"]),
+        accounts=tuple(accounts),
+        source=str(path),
+    )

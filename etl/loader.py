@@ -1,0 +1,244 @@
+"""The loader: dialect-aware upserts by `call_uuid`, writing a row only when a value changed.
+
+Each batch — rows, rejects, position marks and the account's sync state — is one
+transaction, retried whole on a dropped connection or a locked database, so a batch is
+never half-applied and the watermark never runs ahead of the rows it covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, Table, and_, select, tuple_, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from .paging import Mark
+from .records import CallRow, Reject
+from .schema import call_positions, calls, rejects
+
+log = logging.getLogger("etl.loader")
+
+_CHUNK = 500
+_COLUMNS = tuple(c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at"))
+_UPDATED = (*tuple(c for c in _COLUMNS if c != "call_uuid"), "updated_at")
+
+
+@dataclass
+class LoadCounts:
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+
+    def __iadd__(self, other: LoadCounts) -> LoadCounts:
+        self.new += other.new
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.rejected += other.rejected
+        return self
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> LoadCounts:
+    """Insert new calls and rewrite changed ones; unchanged rows are not touched at all."""
+    counts = LoadCounts()
+    latest: dict[str, CallRow] = {}
+    for row in rows:  # a call met twice in one batch (drift overlap): the later copy wins
+        latest[row.call_uuid] = row
+    if not latest:
+        return counts
+    stored: dict[str, tuple[Any, ...]] = {}
+    columns = [calls.c[name] for name in _COLUMNS]
+    for keys in _chunks(list(latest)):
+        for record in conn.execute(select(*columns).where(calls.c.call_uuid.in_(keys))):
+            stored[record[0]] = tuple(record)
+    writes: list[dict[str, Any]] = []
+    for uuid, row in latest.items():
+        values = row.values()
+        before = stored.get(uuid)
+        if before is None:
+            counts.new += 1
+        elif before == tuple(values[name] for name in _COLUMNS):
+            counts.unchanged += 1
+            continue
+        else:
+            counts.updated += 1
+        values["first_seen_at"] = now
+        values["updated_at"] = now
+        writes.append(values)
+    if writes:
+        conn.execute(_upsert_statement(conn), writes)
+    return counts
+
+
+def _upsert_statement(conn: Connection) -> Any:
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql", "duckdb"):
+        module = sqlite if dialect == "sqlite" else postgresql
+        stmt = module.insert(calls)
+        return stmt.on_conflict_do_update(
+            index_elements=[calls.c.call_uuid],
+            set_={name: stmt.excluded[name] for name in _UPDATED},
+        )
+    if dialect in ("mysql", "mariadb"):
+        stmt = mysql.insert(calls)
+        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in _UPDATED})
+    raise NotImplementedError(f"no upsert for the {dialect} dialect")
+
+
+def save_rejects(
+    conn: Connection, items: Sequence[Reject], run_id: str, now: datetime
+) -> int:
+    """Keep each broken record once per account, verbatim, with the reason; returns how many
+    were met (known ones included)."""
+    if not items:
+        return 0
+    fresh: dict[tuple[str, str], Reject] = {}
+    for item in items:
+        digest = hashlib.sha256(item.record.encode("utf-8", "surrogatepass")).hexdigest()
+        fresh.setdefault((item.account_id, digest), item)
+    known = set(
+        conn.execute(
+            select(rejects.c.account_id, rejects.c.record_sha256).where(
+                tuple_(rejects.c.account_id, rejects.c.record_sha256).in_(list(fresh))
+            )
+        ).tuples()
+    )
+    new = [
+        {
+            "account_id": account_id,
+            "run_id": run_id,
+            "call_uuid": (item.call_uuid or None) and item.call_uuid[:255],
+            "reason": item.reason,
+            "record": item.record,
+            "record_sha256": digest,
+            "first_seen_at": now,
+        }
+        for (account_id, digest), item in fresh.items()
+        if (account_id, digest) not in known
+    ]
+    if new:
+        conn.execute(rejects.insert(), new)
+    return len(items)
+
+
+def save_marks(conn: Connection, account_id: str, marks: Sequence[Mark]) -> None:
+    if not marks:
+        return
+    seqs = [m.seq for m in marks]
+    existing = set(
+        conn.execute(
+            select(call_positions.c.seq).where(
+                and_(call_positions.c.account_id == account_id, call_positions.c.seq.in_(seqs))
+            )
+        ).scalars()
+    )
+    new = [
+        {"account_id": account_id, "seq": m.seq, "call_uuid": m.call_uuid, "start_time": m.start_time}
+        for m in marks
+        if m.seq not in existing
+    ]
+    if new:
+        conn.execute(call_positions.insert(), new)
+
+
+def load_marks(conn: Connection, account_id: str) -> list[Mark]:
+    query = select(call_positions.c.seq, call_positions.c.start_time, call_positions.c.call_uuid).where(
+        call_positions.c.account_id == account_id
+    )
+    return [Mark(seq, start, uuid) for seq, start, uuid in conn.execute(query)]
+
+
+def forget_marks(conn: Connection, account_id: str) -> None:
+    conn.execute(call_positions.delete().where(call_positions.c.account_id == account_id))
+
+
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error a retry can cure: a dropped connection, a locked or busy database."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+        return any(
+            phrase in text
+            for phrase in (
+                "database is locked",
+                "database is busy",
+                "terminating connection",
+                "server closed the connection",
+                "connection",
+                "lost",
+                "gone away",
+                "deadlock",
+                "lock wait timeout",
+                "could not serialize",
+            )
+        )
+    return False
+
+
+def in_transaction(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    attempts: int = 5,
+    first_wait: float = 0.2,
+    what: str = "batch",
+) -> T:
+    """Run `work` in one transaction; on a transient database fault roll back and run it
+    again, a bounded number of times, with backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            wait = first_wait * 2 ** (attempt - 1)
+            log.warning(
+                "database fault, retrying",
+                extra={"event": "db_retry", "attempt": attempt, "wait": wait,
+                       "error": str(exc.orig or exc).splitlines()[0][:200], "what": what},
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def table_count(conn: Connection, table: Table, **where: Any) -> int:
+    from sqlalchemy import func
+
+    query = select(func.count()).select_from(table)
+    for key, value in where.items():
+        query = query.where(table.c[key] == value)
+    return int(conn.execute(query).scalar_one())
+
+
+__all__ = [
+    "LoadCounts",
+    "forget_marks",
+    "in_transaction",
+    "load_marks",
+    "save_marks",
+    "save_rejects",
+    "table_count",
+    "update",
+    "upsert_calls",
+]

@@ -1,0 +1,42 @@
+"""Alembic migrations, run from code against the engine the command already has."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+
+def alembic_config() -> AlembicConfig:
+    """An Alembic config whose scripts are the packaged `etl.migrations` (works from a wheel)."""
+    location = Path(str(files("etl.migrations")))
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(location))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | None]:
+    """Bring the database to `revision`; returns (before, after). A no-op when up to date."""
+    before = current_revision(engine)
+    if before == head_revision() and revision == "head":
+        return before, before
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    return before, current_revision(engine)

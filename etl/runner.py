@@ -1,0 +1,292 @@
+"""Runs a command for each account: lock, plan, read pages, load batches, commit state, log.
+
+One account's failure never stops the others; each account's result says what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import requests
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import locks
+from .client import VoxClient, describe
+from .config import Account, Config
+from .errors import APIError, EtlError, LockBusy
+from .loader import (
+    LoadCounts,
+    forget_marks,
+    in_transaction,
+    load_marks,
+    save_marks,
+    save_rejects,
+    upsert_calls,
+    utcnow,
+)
+from .paging import Batch, Paginator, Positions, PositionsStale
+from .plans import Plan, backfill_plan, incremental_plan
+from .state import (
+    advance_state,
+    finish_run,
+    new_run_id,
+    open_calls,
+    read_state,
+    record_skip,
+    reset_state,
+    start_run,
+)
+
+log = logging.getLogger("etl.runner")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class AccountResult:
+    """What one command did for one account."""
+
+    account: str
+    auth_id: str
+    outcome: str = "running"
+    counts: LoadCounts = field(default_factory=LoadCounts)
+    pages: int = 0
+    requests: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "account": self.account,
+            "outcome": self.outcome,
+            "new": self.counts.new,
+            "updated": self.counts.updated,
+            "unchanged": self.counts.unchanged,
+            "rejected": self.counts.rejected,
+            "pages": self.pages,
+            "requests": self.requests,
+            "retries": self.retries,
+            "seconds": round(self.seconds, 2),
+            **({"error": self.error} if self.error else {}),
+        }
+
+
+@dataclass
+class Job:
+    """A command for one account: `sync` (incremental or `full`) or `backfill` (a window)."""
+
+    command: str
+    full: bool = False
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class AccountRun:
+    """One account under one command: everything between taking its lock and releasing it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        account: Account,
+        job: Job,
+        run_id: str,
+        *,
+        progress: Progress | None = None,
+        client_factory: Callable[[Account], VoxClient] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.account = account
+        self.job = job
+        self.run_id = run_id
+        self.progress = progress
+        self.client_factory = client_factory or self._client
+        self.result = AccountResult(account.name, account.auth_id)
+
+    def _client(self, account: Account) -> VoxClient:
+        return VoxClient(account, self.config.api, account.token())
+
+    def run(self, *, wait: bool = False) -> AccountResult:
+        started = time.monotonic()
+        try:
+            lock = locks.acquire(self.engine, self.account.auth_id, wait=wait)
+        except LockBusy as exc:
+            self.result.outcome = "skipped"
+            self.result.error = f"another run holds the lock of {self.account.name}; skipped"
+            log.warning(str(exc), extra={"account": self.account.name, "event": "skipped"})
+            with contextlib.suppress(SQLAlchemyError):
+                record_skip(self.engine, self.run_id, self.job.command, self.account.auth_id,
+                            self.account.name, self.result.error)
+            return self.result
+        with lock:
+            run_row = start_run(self.engine, self.run_id, self.job.command,
+                                self.account.auth_id, self.account.name)
+            client: VoxClient | None = None
+            try:
+                client = self.client_factory(self.account)
+                self._execute(client)
+                self.result.outcome = "ok"
+            except Exception as exc:
+                self.result.outcome = "failed"
+                self.result.error = _explain(exc)
+                log.debug("account failed", exc_info=True,
+                          extra={"account": self.account.name, "event": "failed"})
+            finally:
+                if client is not None:
+                    self.result.requests = client.requests
+                    self.result.retries = client.retries
+                    client.close()
+                self.result.seconds = time.monotonic() - started
+                try:
+                    finish_run(
+                        self.engine, run_row, self.result.outcome, self.result.error,
+                        pages=self.result.pages, requests=self.result.requests,
+                        new=self.result.counts.new, updated=self.result.counts.updated,
+                        unchanged=self.result.counts.unchanged,
+                        rejected=self.result.counts.rejected,
+                    )
+                except SQLAlchemyError as exc:
+                    log.error("could not write the run log: %s", str(exc).splitlines()[0],
+                              extra={"account": self.account.name, "event": "runlog"})
+        return self.result
+
+    def _execute(self, client: VoxClient) -> None:
+        try:
+            self._pass(client)
+        except PositionsStale as exc:
+            log.warning(
+                "%s; forgetting stored positions and re-reading the whole list", exc,
+                extra={"account": self.account.name, "event": "positions_stale"},
+            )
+            def forget(conn: Any) -> None:
+                forget_marks(conn, self.account.auth_id)
+                reset_state(conn, self.account.auth_id)
+            in_transaction(self.engine, forget)
+            self._pass(client, force_full=True)
+
+    def _pass(self, client: VoxClient, *, force_full: bool = False) -> None:
+        account_id = self.account.auth_id
+        with self.engine.connect() as conn:
+            state = read_state(conn, account_id)
+            positions = Positions(load_marks(conn, account_id))
+            stored_open = open_calls(conn, account_id) if self.job.command == "sync" else []
+        api = self.config.api
+        executor = ThreadPoolExecutor(api.concurrency, thread_name_prefix=f"fetch-{self.account.name}") \
+            if api.concurrency > 1 else None
+        try:
+            paginator = Paginator(
+                client.fetch_page, account_id, per_page=api.per_page,
+                concurrency=api.concurrency, executor=executor, positions=positions,
+            )
+            head = paginator.head()
+            plan = self._plan(paginator, state, stored_open, force_full)
+            log.debug(plan.describe(), extra={"account": self.account.name, "event": "plan"})
+            paginator.watch = set(plan.open_targets)
+            self._load(paginator, plan, head)
+            missing = set(plan.open_targets) - paginator.seen_uuids
+            if missing:
+                self.result.detail["open_calls_not_found"] = len(missing)
+                log.warning(
+                    "%d open call(s) were not found in the API's list", len(missing),
+                    extra={"account": self.account.name, "event": "open_missing",
+                           "calls": sorted(missing)[:5]},
+                )
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    def _plan(self, paginator: Paginator, state: Any, stored_open: list, force_full: bool) -> Plan:
+        job = self.job
+        if job.command == "backfill":
+            assert job.since is not None and job.until is not None
+            return backfill_plan(paginator, job.since, job.until)
+        return incremental_plan(
+            paginator, state,
+            lookback=self.config.sync.lookback,
+            start_date=self.config.sync.start_date,
+            open_calls=stored_open,
+            full=job.full or force_full,
+        )
+
+    def _load(self, paginator: Paginator, plan: Plan, head: Any) -> None:
+        account = self.account
+        batches = paginator.cover(plan.need, window=plan.window, frontier_from=plan.frontier_from,
+                                  stop_at=plan.stop_at, first=head)
+        for batch in batches:
+            counts = in_transaction(self.engine, lambda conn, b=batch: self._commit(conn, plan, b))
+            self.result.counts += counts
+            self.result.pages += batch.pages
+            if self.progress is not None:
+                self.progress(account.name, self.result.pages, self.result.counts.new
+                              + self.result.counts.updated + self.result.counts.unchanged)
+        if plan.frontier_from is not None:
+            def finish(conn: Any) -> None:
+                advance_state(conn, account.auth_id, account.name, synced_seq=0,
+                              base_seq=plan.base_seq, watermark=None,
+                              total_count=plan.total_count, finished=True)
+            in_transaction(self.engine, finish)
+
+    def _commit(self, conn: Any, plan: Plan, batch: Batch) -> LoadCounts:
+        now = utcnow()
+        counts = upsert_calls(conn, batch.rows, now)
+        counts.rejected = save_rejects(conn, batch.rejects, self.run_id, now)
+        save_marks(conn, self.account.auth_id, batch.marks)
+        if plan.frontier_from is not None and batch.frontier is not None:
+            advance_state(conn, self.account.auth_id, self.account.name,
+                          synced_seq=batch.frontier, base_seq=plan.base_seq,
+                          watermark=batch.watermark, total_count=plan.total_count)
+        return counts
+
+
+def _explain(exc: BaseException) -> str:
+    """One line naming the cause, never a token."""
+    if isinstance(exc, EtlError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, requests.RequestException):
+        return f"request failed: {describe(exc)}"
+    if isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        text = str(orig if orig is not None else exc).strip().splitlines()
+        return f"database error: {text[0] if text else type(exc).__name__}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+
+
+def run_accounts(
+    engine: Engine,
+    config: Config,
+    accounts: Iterable[Account],
+    job: Job,
+    *,
+    jobs: int = 1,
+    wait: bool = False,
+    progress: Progress | None = None,
+    on_result: Callable[[AccountResult], None] | None = None,
+) -> list[AccountResult]:
+    """Run `job` for every account, up to `jobs` at once; returns results in account order."""
+    run_id = new_run_id()
+    accounts = list(accounts)
+
+    def one(account: Account) -> AccountResult:
+        result = AccountRun(engine, config, account, job, run_id, progress=progress).run(wait=wait)
+        if on_result is not None:
+            on_result(result)
+        return result
+
+    if jobs <= 1 or len(accounts) <= 1:
+        return [one(a) for a in accounts]
+    with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
+        return list(pool.map(one, accounts))
+
+
+__all__ = ["APIError", "AccountResult", "Job", "run_accounts"]
