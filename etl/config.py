@@ -294,3 +294,30 @@ def load_config(
         accounts=tuple(accounts),
         source=str(path),
     )
+
+
+def render_config(base_url: str, accounts: Any, database_url: str) -> str:
+    """A config.toml for the given accounts (objects with name, auth_id), tokens by env var."""
+    lines = [
+        "# Written by `etl simulate --write-config`: the simulator's accounts.",
+        "[database]",
+        f"url = {_quote(database_url)}",
+        "",
+        "[api]",
+        f"base_url = {_quote(base_url)}",
+        "backoff_initial = 0.05",
+        "backoff_max = 2",
+    ]
+    for account in accounts:
+        lines += [
+            "",
+            "[[accounts]]",
+            f"name = {_quote(account.name)}",
+            f"auth_id = {_quote(account.auth_id)}",
+            f"token_env = {_quote('VOX_TOKEN_' + re.sub(r'[^A-Za-z0-9]', '_', account.name).upper())}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -167,17 +167,17 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
     ):
         names.setdefault(account_id, name)
     stored = dict(
-        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).tuples()
+        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).tuples().all()
     )
     still_open = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.status.in_(sorted(OPEN_STATUSES)))
             .group_by(calls.c.account_id)
-        ).tuples()
+        ).tuples().all()
     )
     broken = dict(
-        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).tuples()
+        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).tuples().all()
     )
     out = []
     for account_id, name in names.items():
