@@ -81,14 +81,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):
         return None
     return max(0.0, seconds)
 
 
 @dataclass
 class RetryPolicy:
-    """When and how long to retry: exponential backoff with full jitter, `Retry-After` wins."""
+    """When and how long to retry: exponential backoff with equal jitter (a wait between half
+    the ceiling and the ceiling), except that a capped `Retry-After` wins."""
 
     max_attempts: int = 8
     backoff_initial: float = 0.5
@@ -105,9 +106,12 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            return min(float(retry_after), self.retry_after_max)
+            return self.cap(retry_after)
         ceiling = min(self.backoff_max, self.backoff_initial * 2 ** (state.attempt_number - 1))
         return ceiling / 2 + self.rng.uniform(0, ceiling / 2)
+
+    def cap(self, retry_after: float) -> float:
+        return min(float(retry_after), self.retry_after_max)
 
     def retrying(self, on_retry: Callable[[RetryCallState], None] | None = None) -> Retrying:
         return Retrying(
@@ -221,7 +225,7 @@ class VoxClient:
     def _get_once(self, params: dict[str, str]) -> Page:
         delay = self.budget.acquire()
         if delay > 0:
-            time.sleep(delay)
+            self.policy.sleep(delay)
         with self._count_lock:
             self.requests += 1
         timeout = (min(self.api.timeout, 10.0), self.api.timeout)
@@ -230,6 +234,8 @@ class VoxClient:
             status = response.status_code
             if status == 429:
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                if retry_after is not None:
+                    retry_after = self.policy.cap(retry_after)
                 self.budget.on_throttle(retry_after)
                 raise RetriableAPIError("HTTP 429 Too Many Requests", retry_after=retry_after)
             if status >= 500:

@@ -37,7 +37,7 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime, nullable=False, comment="when any value last changed"),
         sa.PrimaryKeyConstraint("call_uuid", name=op.f("pk_calls")),
     )
-    op.create_index(op.f("ix_calls_account_id"), "calls", ["account_id", "start_time"])
+    op.create_index(op.f("ix_calls_account_id_start_time"), "calls", ["account_id", "start_time"])
     op.create_index(op.f("ix_calls_account_id_status"), "calls", ["account_id", "status"])
     op.create_index(op.f("ix_calls_updated_at"), "calls", ["updated_at"])
 
@@ -83,7 +83,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
     )
-    op.create_index(op.f("ix_sync_runs_account_id"), "sync_runs", ["account_id", "started_at"])
+    op.create_index(op.f("ix_sync_runs_account_id_started_at"), "sync_runs", ["account_id", "started_at"])
     op.create_table(
         "rejects",
         sa.Column("id", sa.Integer, autoincrement=True, nullable=False),
@@ -101,11 +101,11 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rejects")
-    op.drop_index(op.f("ix_sync_runs_account_id"), table_name="sync_runs")
+    op.drop_index(op.f("ix_sync_runs_account_id_started_at"), table_name="sync_runs")
     op.drop_table("sync_runs")
     op.drop_table("call_positions")
     op.drop_table("sync_state")
     op.drop_index(op.f("ix_calls_updated_at"), table_name="calls")
     op.drop_index(op.f("ix_calls_account_id_status"), table_name="calls")
-    op.drop_index(op.f("ix_calls_account_id"), table_name="calls")
+    op.drop_index(op.f("ix_calls_account_id_start_time"), table_name="calls")
     op.drop_table("calls")
