@@ -203,7 +203,7 @@ def test_covering_the_whole_list_reads_every_call_exactly_once(concurrency):
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
-@pytest.mark.parametrize("drift", [1, 7, 30, 99])
+@pytest.mark.parametrize("drift", [1, 7, 25, 30])
 def test_sync_keeps_calls_that_arrive_while_paging(concurrency, drift):
     api = FakeList.of(1_234, drift=drift)
     _, batches, total = read_everything(api, concurrency=concurrency)
@@ -244,7 +244,7 @@ def test_server_capping_per_page_under_drift_still_reads_every_call():
 
 def test_empty_account_costs_one_request():
     api = FakeList.of(0)
-    pager, batches, total = read_everything(api)
+    _pager, batches, total = read_everything(api)
     assert total == 0
     assert yielded_uuids(batches) == []
     assert api.requests == 1
