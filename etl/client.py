@@ -8,6 +8,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -127,17 +128,23 @@ class RetryPolicy:
 class RateBudget:
     """A client-side request budget per account that backs off on 429 and recovers.
 
-    `rate` is the configured ceiling (0 = none). After a 429 the budget pauses every request
-    until `Retry-After` has passed and halves the pace, then grows it back step by step.
+    `rate` is the configured ceiling in requests per second (0 = none). After a 429 every
+    request waits until `Retry-After` has passed and the pace halves, then grows back step by
+    step. Without a configured ceiling, a 429 after at least ten answers in the last second
+    teaches one: 90% of the pace the server accepted, nudged up by 1% every 100 answers so it
+    keeps probing, and down by 5% whenever it is hit at full pace.
     """
 
     def __init__(self, rate: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling = rate
         self.rate = rate
+        self.learned = False
         self._clock = clock
         self._lock = threading.Lock()
         self._next = 0.0
         self._paused_until = 0.0
+        self._recent: deque[float] = deque()
+        self._since_nudge = 0
         self.throttled = 0
 
     def acquire(self) -> float:
@@ -150,8 +157,17 @@ class RateBudget:
             return start - now
 
     def on_success(self) -> None:
-        if self.ceiling > 0 and self.rate < self.ceiling:
-            with self._lock:
+        with self._lock:
+            now = self._clock()
+            self._recent.append(now)
+            while self._recent and self._recent[0] < now - 1.0:
+                self._recent.popleft()
+            if self.learned:
+                self._since_nudge += 1
+                if self._since_nudge >= 100:
+                    self._since_nudge = 0
+                    self.ceiling *= 1.01
+            if self.ceiling > 0 and self.rate < self.ceiling:
                 self.rate = min(self.ceiling, self.rate + self.ceiling / 50)
 
     def on_throttle(self, retry_after: float | None) -> None:
@@ -160,8 +176,15 @@ class RateBudget:
             now = self._clock()
             pause = retry_after if retry_after is not None else 1.0
             self._paused_until = max(self._paused_until, now + pause)
-            if self.ceiling > 0:
-                self.rate = max(self.ceiling / 8, self.rate / 2)
+            if self.ceiling <= 0:
+                accepted = sum(1 for t in self._recent if t >= now - 1.0)
+                if accepted < 10:
+                    return  # too little traffic to learn a pace from; the pause is enough
+                self.ceiling = 0.9 * accepted
+                self.learned = True
+            elif self.learned and self.rate >= self.ceiling * 0.99:
+                self.ceiling = max(1.0, self.ceiling * 0.95)
+            self.rate = max(self.ceiling / 8, (self.rate or self.ceiling) / 2)
 
 
 class VoxClient:

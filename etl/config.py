@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -92,9 +93,12 @@ def parse_duration(value: object) -> timedelta:
         if not match:
             raise ValueError(f"expected a duration like '15m', '2h' or '1d', got {value!r}")
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    if seconds < 0:
-        raise ValueError("must not be negative")
-    return timedelta(seconds=seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be a finite, non-negative duration, got {value!r}")
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError(f"is too long: {value!r}") from None
 
 
 def parse_when(value: object) -> datetime:
@@ -114,9 +118,12 @@ def parse_when(value: object) -> datetime:
             raise ValueError(
                 f"expected YYYY-MM-DD or an ISO-8601 datetime, got {text!r}"
             ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"is out of range: {value!r}") from None
 
 
 def is_loopback(host: str | None) -> bool:
@@ -150,6 +157,8 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[obje
             number = kind(value) if kind is float else int(str(value), 10)
         except ValueError:
             raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError(f"expected a finite number, got {value!r}")
         if kind is int and isinstance(value, float) and value != int(value):
             raise ValueError(f"expected an integer, got {value!r}")
         if number < low or (high is not None and number > high):
@@ -249,6 +258,8 @@ def load_config(
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
     elif require_file:
         raise ConfigError(
             f"configuration file {path} not found (copy config.example.toml, or pass --config)"

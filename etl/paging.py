@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -324,16 +325,22 @@ class Paginator:
         known = [first] if first is not None else []
         known += [page for page, _ in self._cache.values()]
         pending = known
+        drift = 0.0  # how much the list grew per request in the last round
+        last_gap: int | None = None
         while True:
+            remaining = _missing(need, done)
             if pending:
                 pages, pending = pending, []
             else:
                 gap = done.first_gap(need)
                 if gap is None:
                     return
-                pages = self._read(self._plan_pages(gap, need, done))
+                before = self.total or 0
+                planned = self._plan_pages(gap, need, done, drift, stuck=gap == last_gap)
+                pages = self._read(planned)
+                drift = max(0.0, ((self.total or 0) - before) / max(1, len(planned)))
+                last_gap = gap
             batch = Batch()
-            progress = False
             for page in sorted(pages, key=lambda p: p.low_seq):
                 cached = self._cache.pop(page.low_seq, None)
                 items = cached[1] if cached and cached[0] is page else self.parsed(page)
@@ -341,7 +348,6 @@ class Paginator:
                     seq = page.seq_of(index)
                     if done.contains(seq):
                         continue
-                    progress = True
                     if isinstance(item, Reject):
                         batch.rejects.append(item)
                         continue
@@ -357,7 +363,7 @@ class Paginator:
                         self.positions.add(Mark(seq, item.start_time, item.call_uuid))
                 done.add(page.low_seq, page.top_seq + 1)
                 batch.pages += 1
-            if not progress:
+            if _missing(need, done) >= remaining:
                 stalls += 1
                 if stalls > self.max_stalls:
                     raise ListingError(
@@ -377,18 +383,27 @@ class Paginator:
             batch.marks = self.positions.take_new()
             yield batch
 
-    def _plan_pages(self, gap: int, need: Coverage, done: Coverage) -> list[int]:
+    def _plan_pages(
+        self, gap: int, need: Coverage, done: Coverage, drift: float, *, stuck: bool
+    ) -> list[int]:
         """Page numbers for the next round: the page holding `gap`, then the pages above it
-        that hold still-needed positions, up to the concurrency."""
+        that hold still-needed positions, up to the concurrency. Each is aimed at where the
+        list will be when the request lands (it grew by `drift` per request last round); if
+        the lowest gap survived the last round, the next older page is read too, so a gap
+        narrower than the drift cannot be stepped over forever."""
         assert self.total is not None
         numbers: list[int] = []
         seq: int | None = gap
         while seq is not None and len(numbers) < self.concurrency:
-            number = self.page_for(seq)
+            total = self.total + math.ceil(drift * (len(numbers) + 1))
+            number = (total - 1 - seq) // self.per_page + 1
             if number < 1:
                 break
-            numbers.append(number)
-            top = self.total - 1 - (number - 1) * self.per_page
+            if stuck and not numbers:
+                numbers.append(number + 1)
+            if number not in numbers:
+                numbers.append(number)
+            top = total - 1 - (number - 1) * self.per_page
             seq = _next_needed(need, done, top + 1)
         return numbers
 
@@ -401,6 +416,28 @@ def _next_needed(need: Coverage, done: Coverage, start: int) -> int | None:
         if seq < hi:
             return seq
     return None
+
+
+def _missing(need: Coverage, done: Coverage) -> int:
+    """How many positions of `need` are not yet in `done`."""
+    count = 0
+    for lo, hi in need:
+        seq = lo
+        while seq < hi:
+            seq = done.next_missing(seq)
+            if seq >= hi:
+                break
+            nxt = _next_covered(done, seq, hi)
+            count += nxt - seq
+            seq = nxt
+    return count
+
+
+def _next_covered(done: Coverage, start: int, end: int) -> int:
+    for lo, _ in done:
+        if lo > start:
+            return min(lo, end)
+    return end
 
 
 def _clip(need: Coverage, end: int) -> Coverage:

@@ -220,7 +220,7 @@ def test_a_dropped_database_connection_mid_sync_is_retried(simulator, project, p
                     "AND backend_type = 'client backend' AND query NOT LIKE '%advisory%'"
                 )).scalar_one()
     finally:
-        out, err = process.communicate(timeout=120)
+        _out, err = process.communicate(timeout=120)
     assert killed >= 1
     assert process.returncode == 0, err
     assert "database fault, retrying" in err or "db_retry" in err or "terminating" in err
