@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from .errors import ConfigError
 
@@ -55,12 +56,31 @@ def make_engine(url: str) -> Engine:
                 engine = create_engine(parsed, connect_args={"timeout": 30})
             _tune_sqlite(engine)
             return engine
+        if backend == "duckdb":
+            # DuckDB lets one process at a time open a file: hold it only while working, and
+            # wait for another process's turn rather than fail.
+            engine = create_engine(parsed, poolclass=NullPool)
+            event.listen(engine, "do_connect", _wait_for_file_lock)
+            return engine
         if backend == "mysql":
             return create_engine(parsed, pool_pre_ping=True, pool_recycle=3600,
                                  connect_args={"charset": "utf8mb4"})
         return create_engine(parsed, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"database URL {parsed.drivername}:// needs the {exc.name} module") from None
+
+
+def _wait_for_file_lock(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 60
+    delay = 0.02
+    while True:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as exc:
+            if "Could not set lock" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(0.5, delay * 1.5)
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -7,9 +7,17 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.ddl.postgresql import PostgresqlImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+
+class DuckDBImpl(PostgresqlImpl):
+    """DuckDB speaks PostgreSQL's DDL closely enough; Alembic only needs to be told."""
+
+    __dialect__ = "duckdb"
+    transactional_ddl = True
 
 
 def alembic_config() -> AlembicConfig:

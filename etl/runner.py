@@ -130,8 +130,8 @@ class AccountRun:
                             self.account.name, self.result.error)
             return self.result
         with lock:
-            run_row = start_run(self.engine, self.run_id, self.job.command,
-                                self.account.auth_id, self.account.name)
+            start_run(self.engine, self.run_id, self.job.command,
+                      self.account.auth_id, self.account.name)
             client: VoxClient | None = None
             try:
                 client = self.client_factory(self.account)
@@ -150,7 +150,8 @@ class AccountRun:
                 self.result.seconds = time.monotonic() - started
                 try:
                     finish_run(
-                        self.engine, run_row, self.result.outcome, self.result.error,
+                        self.engine, self.run_id, self.account.auth_id,
+                        self.result.outcome, self.result.error,
                         pages=self.result.pages, requests=self.result.requests,
                         new=self.result.counts.new, updated=self.result.counts.updated,
                         unchanged=self.result.counts.unchanged,

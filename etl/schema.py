@@ -17,7 +17,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator
@@ -119,10 +118,9 @@ call_positions = Table(
 sync_runs = Table(
     "sync_runs",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("run_id", String(36), nullable=False),
+    Column("run_id", String(36), primary_key=True, comment="one id per etl invocation"),
+    Column("account_id", String(64), primary_key=True),
     Column("command", String(32), nullable=False),
-    Column("account_id", String(64), nullable=False),
     Column("account_name", String(255), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
@@ -140,13 +138,11 @@ sync_runs = Table(
 rejects = Table(
     "rejects",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("account_id", String(64), nullable=False),
+    Column("account_id", String(64), primary_key=True),
+    Column("record_sha256", String(64), primary_key=True, comment="SHA-256 of record"),
     Column("run_id", String(36), nullable=False, comment="the run that first met the record"),
     Column("call_uuid", String(255), comment="the record's call_uuid, when it has one"),
     Column("reason", Text, nullable=False),
     Column("record", Text, nullable=False, comment="the record verbatim, as JSON"),
-    Column("record_sha256", String(64), nullable=False),
     Column("first_seen_at", UTCDateTime, nullable=False),
-    UniqueConstraint("account_id", "record_sha256"),
 )

@@ -100,9 +100,10 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: str) -> int:
+def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: str) -> None:
+    """Log that this run started on this account (committed at once: a killed run shows)."""
     with engine.begin() as conn:
-        result = conn.execute(
+        conn.execute(
             sync_runs.insert().values(
                 run_id=run_id,
                 command=command,
@@ -118,21 +119,21 @@ def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: 
                 rejected=0,
             )
         )
-        return int(result.inserted_primary_key[0])
 
 
-def finish_run(engine: Engine, run_row: int, outcome: str, error: str | None, **counts: int) -> None:
+def finish_run(engine: Engine, run_id: str, account_id: str, outcome: str, error: str | None,
+               **counts: int) -> None:
     with engine.begin() as conn:
         conn.execute(
             sync_runs.update()
-            .where(sync_runs.c.id == run_row)
+            .where(sync_runs.c.run_id == run_id, sync_runs.c.account_id == account_id)
             .values(outcome=outcome, error=error, finished_at=utcnow(), **counts)
         )
 
 
 def record_skip(engine: Engine, run_id: str, command: str, account_id: str, name: str, why: str) -> None:
-    row = start_run(engine, run_id, command, account_id, name)
-    finish_run(engine, row, "skipped", why)
+    start_run(engine, run_id, command, account_id, name)
+    finish_run(engine, run_id, account_id, "skipped", why)
 
 
 @dataclass
@@ -185,7 +186,7 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
         last = conn.execute(
             select(sync_runs.c.outcome, sync_runs.c.started_at, sync_runs.c.error)
             .where(sync_runs.c.account_id == account_id)
-            .order_by(sync_runs.c.id.desc())
+            .order_by(sync_runs.c.started_at.desc())
             .limit(1)
         ).first()
         out.append(

@@ -4,7 +4,10 @@ connection when called from code (`etl migrate`, `etl sync`), or on `sqlalchemy.
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+import etl.migrate  # noqa: F401  (registers Alembic's DuckDB support)
 from etl.schema import metadata
+
+
 
 config = context.config
 target_metadata = metadata

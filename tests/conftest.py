@@ -85,6 +85,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+@pytest.fixture(params=["sqlite", "postgres", "mysql", "duckdb"])
+def any_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs on every supported warehouse, on real servers where they are."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'calls.db'}"
+    if request.param == "duckdb":
+        pytest.importorskip("duckdb_engine", reason="the duckdb extra is not installed")
+        return f"duckdb:///{tmp_path / 'calls.duckdb'}"
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 @pytest.fixture
 def engine_for() -> Iterator[Callable[[str], Engine]]:
     engines: list[Engine] = []

@@ -9,36 +9,46 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from etl.migrate import current_revision, head_revision, upgrade
 from etl.schema import metadata
 from tests.conftest import PROJECT
 
 
-def test_migrations_create_every_table_from_empty(database_url, engine_for):
-    engine = engine_for(database_url)
+def test_migrations_create_every_table_from_empty(any_database_url, engine_for):
+    engine = engine_for(any_database_url)
 
     before, after = upgrade(engine)
 
     assert before is None and after == head_revision()
     tables = set(inspect(engine).get_table_names())
     assert set(metadata.tables) <= tables
-    columns = {c["name"] for c in inspect(engine).get_columns("calls")}
-    assert columns == {c.name for c in metadata.tables["calls"].columns}
+    assert _columns(engine, "calls") == {c.name for c in metadata.tables["calls"].columns}
     assert upgrade(engine) == (after, after)  # a second run is a no-op
 
 
-def test_migrations_match_the_models(database_url, engine_for):
+def test_migrations_match_the_models(any_database_url, engine_for):
     """Autogenerate finds nothing to do: the revisions and etl.schema describe the same tables."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    engine = engine_for(database_url)
+    engine = engine_for(any_database_url)
+    if engine.dialect.name == "duckdb":
+        pytest.skip("duckdb-engine cannot reflect columns under SQLAlchemy 2.1 (pg_collation)")
     upgrade(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert [d for d in diff if d[0] != "remove_table"] == []
+
+
+def _columns(engine, table: str) -> set[str]:
+    if engine.dialect.name == "duckdb":  # its pg_catalog emulation is too thin for inspect()
+        with engine.connect() as conn:
+            return set(conn.execute(text(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = :t"
+            ), {"t": table}).scalars())
+    return {c["name"] for c in inspect(engine).get_columns(table)}
 
 
 def test_migrate_command_creates_a_new_sqlite_file(tmp_path):

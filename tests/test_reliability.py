@@ -92,7 +92,7 @@ def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
 
     assert_matches_simulator(engine, sim)
     with engine.connect() as conn:
-        outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.id)).scalars().all()
+        outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.started_at)).scalars().all()
     assert outcomes.count("running") == kills  # a killed run shows as never finished
     assert outcomes[-2:] == ["ok", "ok"]
 

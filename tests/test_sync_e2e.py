@@ -10,7 +10,9 @@ from etl.schema import calls
 from tests.helpers import assert_matches_simulator, stored_rows
 
 
-def test_sync_through_faults_stores_exactly_the_simulators_calls(simulator, project, database_url, engine_for):
+def test_sync_through_faults_stores_exactly_the_simulators_calls(simulator, project, any_database_url,
+                                                                   engine_for):
+    database_url = any_database_url
     sim = simulator(accounts=2, calls=3000, error_rate=0.05, reset_rate=0.02, truncate_rate=0.02,
                     rate_limit=200, seed=7)
     proj = project(sim, database_url)
@@ -24,7 +26,8 @@ def test_sync_through_faults_stores_exactly_the_simulators_calls(simulator, proj
     assert assert_matches_simulator(engine_for(database_url), sim) == 6000
 
 
-def test_second_sync_with_nothing_new_changes_no_row(simulator, project, database_url, engine_for):
+def test_second_sync_with_nothing_new_changes_no_row(simulator, project, any_database_url, engine_for):
+    database_url = any_database_url
     sim = simulator(accounts=1, calls=2000, seed=3)
     proj = project(sim, database_url)
     proj.run("sync", check=True)
@@ -41,7 +44,9 @@ def test_second_sync_with_nothing_new_changes_no_row(simulator, project, databas
     assert stored_rows(engine) == before  # updated_at and first_seen_at included
 
 
-def test_sync_updates_calls_that_finished_since_the_last_sync(simulator, project, database_url, engine_for):
+def test_sync_updates_calls_that_finished_since_the_last_sync(simulator, project, any_database_url,
+                                                              engine_for):
+    database_url = any_database_url
     sim = simulator(accounts=1, calls=1500, seed=5)
     proj = project(sim, database_url)
     auth_id = sim.accounts[0].auth_id

@@ -66,10 +66,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "sync_runs",
-        sa.Column("id", sa.Integer, autoincrement=True, nullable=False),
-        sa.Column("run_id", sa.String(36), nullable=False),
-        sa.Column("command", sa.String(32), nullable=False),
+        sa.Column("run_id", sa.String(36), nullable=False, comment="one id per etl invocation"),
         sa.Column("account_id", sa.String(64), nullable=False),
+        sa.Column("command", sa.String(32), nullable=False),
         sa.Column("account_name", sa.String(255), nullable=False),
         sa.Column("started_at", UTCDateTime, nullable=False),
         sa.Column("finished_at", UTCDateTime),
@@ -81,21 +80,19 @@ def upgrade() -> None:
         sa.Column("unchanged", sa.Integer, nullable=False),
         sa.Column("rejected", sa.Integer, nullable=False),
         sa.Column("error", sa.Text),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_runs")),
+        sa.PrimaryKeyConstraint("run_id", "account_id", name=op.f("pk_sync_runs")),
     )
     op.create_index(op.f("ix_sync_runs_account_id_started_at"), "sync_runs", ["account_id", "started_at"])
     op.create_table(
         "rejects",
-        sa.Column("id", sa.Integer, autoincrement=True, nullable=False),
         sa.Column("account_id", sa.String(64), nullable=False),
+        sa.Column("record_sha256", sa.String(64), nullable=False, comment="SHA-256 of record"),
         sa.Column("run_id", sa.String(36), nullable=False, comment="the run that first met the record"),
         sa.Column("call_uuid", sa.String(255), comment="the record's call_uuid, when it has one"),
         sa.Column("reason", sa.Text, nullable=False),
         sa.Column("record", sa.Text, nullable=False, comment="the record verbatim, as JSON"),
-        sa.Column("record_sha256", sa.String(64), nullable=False),
         sa.Column("first_seen_at", UTCDateTime, nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_rejects")),
-        sa.UniqueConstraint("account_id", "record_sha256", name=op.f("uq_rejects_account_id")),
+        sa.PrimaryKeyConstraint("account_id", "record_sha256", name=op.f("pk_rejects")),
     )
 
 
