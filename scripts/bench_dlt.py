@@ -7,7 +7,8 @@ Run by bench.py as its own process (so its time and peak memory are its own):
 
 One resource per account (its own bearer token), `page`/`per_page=100` newest first until an
 empty page, primary_key `call_uuid`, write_disposition `merge`, all into one `calls` table.
-Prints one JSON line: rows stored, requests sent, seconds, the destination used.
+Prints one JSON line: rows stored, requests sent (and how many were answered 429), seconds,
+the destination used.
 """
 
 from __future__ import annotations
@@ -41,19 +42,22 @@ def main() -> int:
     import dlt
     from dlt.sources.helpers.requests import Client
     from dlt.sources.rest_api import rest_api_source
-
     from requests.adapters import HTTPAdapter
 
     class CountingAdapter(HTTPAdapter):
         """Counts every request that goes on the wire, dlt's retries included."""
 
         sent = 0
+        throttled = 0
         lock = threading.Lock()
 
         def send(self, *a: Any, **kw: Any) -> Any:
+            response = super().send(*a, **kw)
             with CountingAdapter.lock:
                 CountingAdapter.sent += 1
-            return super().send(*a, **kw)
+                if response.status_code == 429:
+                    CountingAdapter.throttled += 1
+            return response
 
     # dlt's own retrying session (as rest_api builds it), with a counting transport.
     session = Client(raise_for_status=False).session
@@ -133,6 +137,7 @@ def main() -> int:
         table = client.make_qualified_table_name("calls")
         rows = client.execute_sql(f"SELECT count(*) FROM {table}")[0][0]
     print(json.dumps({"event": "dlt", "rows": rows, "requests": CountingAdapter.sent,
+                      "throttled": CountingAdapter.throttled,
                       "seconds": round(seconds, 3), "destination": used}))
     return 0
 

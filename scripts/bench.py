@@ -1,0 +1,820 @@
+"""Throughput benchmarks for vox-etl: prints one markdown table, also written to
+bench-results/latest.md.
+
+    .venv/bin/python scripts/bench.py            # the full run (a few minutes on 2 cores)
+    .venv/bin/python scripts/bench.py --quick    # every size divided by 10
+    .venv/bin/python scripts/bench.py --only a,c --no-dlt
+
+Scenarios (sizes from the flags below or their BENCH_* environment variables):
+
+  a. full sync of 2 accounts x 50,000 calls, no latency, `etl sync --jobs 2` with
+     [api].concurrency 4, into a fresh SQLite file and into PostgreSQL; the same job done by
+     dlt's rest_api source (scripts/bench_dlt.py); and a plain sequential requests.Session
+     fetch of the same pages with no database (the ceiling of one client connection).
+  b. 100 ms latency: with a server limit of 20 requests/s (1 account x 20,000 calls, etl at
+     requests_per_second 20 and concurrency 8: the ceiling is 2,000 calls/s), and without a
+     limit (etl concurrency 8 against the sequential fetch).
+  c. incremental sync: 500 new calls on top of 100,000 (the full sync before it has its own row).
+  d. a one-day backfill out of 90 days of calls, into a fresh database.
+  e. peak memory of a full sync of 200,000 calls into SQLite.
+
+How it measures:
+  - The simulator runs as its own process (`etl simulate`), so the client measured does not
+    share a GIL with the server. Only (c) and (d) run it inside this process, because they need
+    its control API (adding calls; knowing which positions a day spans); this process only
+    waits while `etl` runs, so the server still has a core to itself.
+  - Every client (`etl`, dlt, the sequential fetch) is a child process. `seconds` is the wall
+    time of the whole command: interpreter start-up, imports and migrations included.
+  - Peak RSS is the child's own ru_maxrss, read from os.wait4() on that child's pid (the
+    kernel's high-water mark of exactly that process, whatever ran before it).
+  - 429s: the simulator's counters live in its own process, so they are counted on the client
+    side: `etl -v --log-format json` logs every retry as a `retry` event whose `error` names
+    the HTTP status, and the 429 ones are counted (a 429 on the very last attempt would fail the
+    account instead, which the row would show). dlt's and the sequential fetch's requests and
+    429s are counted by their own transport.
+  - requests come from etl's JSON summary lines (`requests`: every HTTP attempt).
+
+Every number printed comes from a run in this invocation; nothing is extrapolated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PER_PAGE = 100
+DLT_SCHEMAS = ("vox_dlt", "vox_dlt_staging")
+
+# name -> (environment variable, default); --quick divides each by 10
+SIZES = {
+    "a_calls": ("BENCH_A_CALLS", 50_000),  # per account, 2 accounts
+    "b_calls": ("BENCH_B_CALLS", 20_000),
+    "c_calls": ("BENCH_C_CALLS", 100_000),
+    "c_new": ("BENCH_C_NEW", 500),
+    "d_calls": ("BENCH_D_CALLS", 90_000),
+    "e_calls": ("BENCH_E_CALLS", 200_000),
+}
+D_DAYS = 90
+A_ACCOUNTS = 2
+A_CONCURRENCY = 4
+B_RATE = 20
+B_LATENCY_MS = 100
+B_CONCURRENCY = 8
+E_CONCURRENCY = 4
+
+HEADERS = ["scenario", "target DB", "calls", "seconds", "calls/s", "requests", "requests/s",
+           "429s", "peak RSS MB", "note"]
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    """A scenario could not be run; its rows say why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass
+class Row:
+    scenario: str
+    target: str
+    calls: int | None = None
+    seconds: float | None = None
+    requests: int | None = None
+    throttled: int | None = None
+    rss_kb: int | None = None
+    note: str = ""
+
+    def cells(self) -> list[str]:
+        def rate(n: int | None) -> str:
+            if n is None or not self.seconds:
+                return "-"
+            return f"{n / self.seconds:,.0f}"
+
+        return [
+            self.scenario,
+            self.target,
+            "-" if self.calls is None else f"{self.calls:,}",
+            "-" if self.seconds is None else f"{self.seconds:.2f}",
+            rate(self.calls),
+            "-" if self.requests is None else f"{self.requests:,}",
+            rate(self.requests),
+            "-" if self.throttled is None else f"{self.throttled:,}",
+            "-" if self.rss_kb is None else f"{self.rss_kb / 1024:.1f}",
+            self.note,
+        ]
+
+
+def markdown_table(rows: list[Row]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    right = {2, 3, 4, 5, 6, 7, 8}
+    sep = ["---:" if i in right else "---" for i in range(len(HEADERS))]
+    return "\n".join([line(HEADERS), line(sep), *(line(r.cells()) for r in rows)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+@dataclass
+class ChildRun:
+    argv: list[str]
+    returncode: int
+    seconds: float
+    rss_kb: int
+    stdout: str
+    stderr: str
+
+    def json_lines(self, stream: str = "stdout") -> Iterator[dict[str, Any]]:
+        for text in getattr(self, stream).splitlines():
+            text = text.strip()
+            if text.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    yield json.loads(text)
+
+    def failure(self) -> str:
+        lines = [x for x in (self.stderr.strip() or self.stdout.strip()).splitlines() if x.strip()]
+        last = lines[-1] if lines else ""
+        if last.startswith("{"):
+            with contextlib.suppress(ValueError):
+                last = json.loads(last).get("message", last)
+        return f"exit {self.returncode}: {last[:160]}"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours without ETL_* overrides, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}
+    env.update(extra or {})
+    return env
+
+
+def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: float = 1800,
+              cwd: Path | None = None) -> ChildRun:
+    """Run argv to completion; wall time, exit code, output, and its own peak RSS (os.wait4)."""
+    out_path = workdir / f"child-{time.monotonic_ns()}.out"
+    err_path = out_path.with_suffix(".err")
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd or workdir)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - started
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(10)
+            raise
+        finally:
+            timer.cancel()
+    stdout = out_path.read_text(errors="replace")
+    stderr = err_path.read_text(errors="replace")
+    out_path.unlink()
+    err_path.unlink()
+    if proc.returncode == -signal.SIGKILL and seconds >= timeout:
+        stderr += f"\nbench: killed after {timeout:.0f} s"
+    # Linux reports ru_maxrss in KiB
+    return ChildRun(argv, proc.returncode, seconds, int(usage.ru_maxrss), stdout, stderr)
+
+
+def etl_argv() -> list[str]:
+    script = Path(sys.executable).parent / "etl"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "etl"]
+
+
+@dataclass
+class EtlOutcome:
+    run: ChildRun
+    summaries: list[dict[str, Any]]
+    throttled: int
+
+    @property
+    def ok(self) -> bool:
+        return self.run.returncode == 0 and all(s.get("outcome") == "ok" for s in self.summaries)
+
+    def total(self, key: str) -> int:
+        return sum(int(s.get(key, 0)) for s in self.summaries)
+
+    @property
+    def calls(self) -> int:
+        return self.total("new") + self.total("updated") + self.total("unchanged")
+
+
+def run_etl(config: Path, args: list[str], env: dict[str, str], workdir: Path) -> EtlOutcome:
+    argv = [*etl_argv(), "--config", str(config), "--log-format", "json", "-v", *args]
+    run = run_child(argv, workdir, child_env(env))
+    summaries = [d for d in run.json_lines("stdout") if d.get("event") == "summary"]
+    throttled = sum(
+        1 for d in run.json_lines("stderr")
+        if d.get("event") == "retry" and "429" in str(d.get("error", ""))
+    )
+    return EtlOutcome(run, summaries, throttled)
+
+
+def etl_row(scenario: str, target: str, outcome: EtlOutcome, note: str = "") -> Row:
+    row = Row(scenario, target, outcome.calls, outcome.run.seconds, outcome.total("requests"),
+              outcome.throttled, outcome.run.rss_kb, note)
+    if not outcome.ok:
+        failed = [f"{s['account']}: {s.get('error', s.get('outcome'))}" for s in outcome.summaries
+                  if s.get("outcome") != "ok"]
+        row.note = "FAILED " + ("; ".join(failed) if failed else outcome.run.failure())
+    return row
+
+
+def write_config(path: Path, base_url: str, accounts: list[tuple[str, str, str]],
+                 database_url: str, api: dict[str, Any]) -> dict[str, str]:
+    """A config.toml for (name, auth_id, token) accounts; returns the tokens' environment."""
+    def toml(value: Any) -> str:
+        return json.dumps(value) if isinstance(value, str) else str(value)
+
+    lines = ["[database]", f"url = {toml(database_url)}", "", "[api]",
+             f"base_url = {toml(base_url)}"]
+    lines += [f"{k} = {toml(v)}" for k, v in api.items()]
+    env: dict[str, str] = {}
+    for name, auth_id, token in accounts:
+        variable = "VOX_TOKEN_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+        env[variable] = token
+        lines += ["", "[[accounts]]", f"name = {toml(name)}", f"auth_id = {toml(auth_id)}",
+                  f"token_env = {toml(variable)}"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return env
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulator as its own process
+
+
+class SimProcess:
+    """`etl simulate` in a child process; stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, workdir: Path, label: str, *, accounts: int, calls: int,
+                 latency_ms: float = 0, rate_limit: float = 0, days: float | None = None) -> None:
+        self.config_path = workdir / f"sim-{label}.toml"
+        self.log_path = workdir / f"sim-{label}.log"
+        self.argv = [*etl_argv(), "simulate", "--port", "0", "--write-config",
+                     str(self.config_path), "--accounts", str(accounts), "--calls", str(calls),
+                     "--seed", "1"]
+        if latency_ms:
+            self.argv += ["--latency-ms", str(latency_ms)]
+        if rate_limit:
+            self.argv += ["--rate-limit", str(rate_limit)]
+        if days is not None:
+            self.argv += ["--days", str(days)]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base_url = ""
+        self.accounts: list[tuple[str, str, str]] = []  # name, auth_id, token
+
+    def __enter__(self) -> SimProcess:
+        self.config_path.unlink(missing_ok=True)
+        log = open(self.log_path, "wb")  # closed below; the child keeps its copy
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=child_env())
+        finally:
+            log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float = 600) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_text(errors="replace")
+            if "listening on" in text and self.config_path.exists():
+                break
+            if self.proc.poll() is not None:
+                raise BenchError(f"the simulator exited {self.proc.returncode}: "
+                                 f"{text.strip().splitlines()[-1:] or ''}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"the simulator was not ready after {timeout:.0f} s")
+            time.sleep(0.1)
+        # the file is written before the banner is printed, so it is complete by now
+        tokens: dict[str, str] = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("export VOX_TOKEN_"):
+                name, _, value = line.removeprefix("export ").partition("=")
+                tokens[name] = value.strip()
+        config = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        self.base_url = config["api"]["base_url"]
+        for account in config.get("accounts", []):
+            token = tokens.get(account["token_env"])
+            if not token:
+                raise BenchError(f"the simulator printed no token for {account['token_env']}")
+            self.accounts.append((account["name"], account["auth_id"], token))
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Databases
+
+
+def pg_check(url: str) -> str | None:
+    """The server's version, or None when it cannot be reached."""
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url, connect_args={"connect_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                version = str(conn.execute(text("SHOW server_version")).scalar())
+        finally:
+            engine.dispose()
+        return version.split()[0]
+    except Exception as exc:
+        progress(f"PostgreSQL is unreachable at {url.split('@')[-1]}: "
+                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}")
+        return None
+
+
+def pg_reset(url: str) -> None:
+    """Drop etl's tables (the public schema) and dlt's datasets."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+            for schema in DLT_SCHEMAS:
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    finally:
+        engine.dispose()
+
+
+def count_calls(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM calls")).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
+def dlt_version() -> str | None:
+    """dlt's version as the child interpreter sees it, or None when it is not importable."""
+    result = subprocess.run([sys.executable, "-c", "import dlt; print(dlt.__version__)"],
+                            capture_output=True, text=True, env=child_env())
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The sequential fetch (run as a child: `bench.py --sequential-fetch ...`)
+
+
+def sequential_fetch(base_url: str, accounts: list[str]) -> int:
+    """One requests.Session, one page at a time, every account in turn, newest first until an
+    empty page; parses each body as JSON (no database). Prints one JSON line."""
+    import requests
+
+    session = requests.Session()
+    session.trust_env = False
+    calls = sent = throttled = 0
+    started = time.perf_counter()
+    for spec in accounts:
+        auth_id, _, token_env = spec.partition("=")
+        session.headers["Authorization"] = f"Bearer {os.environ[token_env]}"
+        url = f"{base_url}/voice/accounts/{auth_id}/calls"
+        page = 1
+        while True:
+            response = session.get(url, params={"page": page, "per_page": PER_PAGE}, timeout=60)
+            sent += 1
+            if response.status_code == 429:
+                throttled += 1
+                time.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
+            response.raise_for_status()
+            records = response.json()["calls"]
+            if not records:
+                break
+            calls += len(records)
+            page += 1
+    seconds = time.perf_counter() - started
+    print(json.dumps({"event": "fetch", "calls": calls, "requests": sent,
+                      "throttled": throttled, "seconds": round(seconds, 3)}))
+    return 0
+
+
+def run_sequential_fetch(scenario: str, base_url: str, accounts: list[tuple[str, str, str]],
+                         workdir: Path, note: str = "") -> Row:
+    env = {f"BENCH_TOKEN_{i}": token for i, (_, _, token) in enumerate(accounts)}
+    argv = [sys.executable, str(Path(__file__).resolve()), "--sequential-fetch",
+            "--base-url", base_url]
+    for i, (_, auth_id, _) in enumerate(accounts):
+        argv += ["--account", f"{auth_id}=BENCH_TOKEN_{i}"]
+    run = run_child(argv, workdir, child_env(env))
+    result = next((d for d in run.json_lines() if d.get("event") == "fetch"), None)
+    if run.returncode != 0 or result is None:
+        return Row(scenario, "none", note=f"FAILED {run.failure()}")
+    return Row(scenario, "none", result["calls"], run.seconds, result["requests"],
+               result["throttled"], run.rss_kb, note)
+
+
+def run_dlt(scenario: str, target: str, base_url: str, accounts: list[tuple[str, str, str]],
+            destination: str, workdir: Path) -> Row:
+    env = {f"BENCH_TOKEN_{i}": token for i, (_, _, token) in enumerate(accounts)}
+    dlt_dir = workdir / f"dlt-{time.monotonic_ns()}"
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "bench_dlt.py"),
+            "--base-url", base_url, "--destination", destination, "--workdir", str(dlt_dir)]
+    for i, (_, auth_id, _) in enumerate(accounts):
+        argv += ["--account", f"{auth_id}=BENCH_TOKEN_{i}"]
+    run = run_child(argv, workdir, child_env(env))
+    shutil.rmtree(dlt_dir, ignore_errors=True)
+    result = next((d for d in run.json_lines() if d.get("event") == "dlt"), None)
+    if run.returncode != 0 or result is None:
+        return Row(scenario, target, note=f"FAILED {run.failure()}")
+    return Row(scenario, target, result["rows"], run.seconds, result["requests"],
+               result["throttled"], run.rss_kb, f"dlt {result['destination']}; rows stored")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Bench:
+    sizes: dict[str, int]
+    workdir: Path
+    pg_url: str
+    pg_version: str | None
+    dlt: str | None
+    use_dlt: bool
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        cells = row.cells()
+        progress("  " + " | ".join(f"{h}={c}" for h, c in zip(HEADERS, cells, strict=True)
+                                  if c not in ("-", "")))
+        return row
+
+    def sqlite_url(self, name: str) -> str:
+        path = self.workdir / f"{name}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        shutil.rmtree(f"{path}.locks", ignore_errors=True)
+        return f"sqlite:///{path}"
+
+    def check_stored(self, row: Row, url: str, expected: int) -> None:
+        if row.note.startswith("FAILED"):
+            return
+        stored = count_calls(url)
+        if stored != expected:
+            row.note = (row.note + "; " if row.note else "") + \
+                f"MISMATCH: {stored:,} rows stored, {expected:,} expected"
+
+    # -- a ---------------------------------------------------------------------------------
+
+    def scenario_a(self) -> None:
+        n = self.sizes["a_calls"]
+        total = A_ACCOUNTS * n
+        label = f"a. full sync {A_ACCOUNTS}x{n:,}"
+        progress(f"{label}: starting the simulator ({A_ACCOUNTS} accounts x {n:,} calls)")
+        with SimProcess(self.workdir, "a", accounts=A_ACCOUNTS, calls=n) as sim:
+            api = {"concurrency": A_CONCURRENCY}
+            for target in ("SQLite", "PostgreSQL"):
+                scenario = f"{label}: etl sync --jobs 2, concurrency {A_CONCURRENCY}"
+                if target == "PostgreSQL":
+                    if self.pg_version is None:
+                        self.add(Row(scenario, target, note="PostgreSQL unreachable"))
+                        continue
+                    pg_reset(self.pg_url)
+                    url = self.pg_url
+                else:
+                    url = self.sqlite_url("a-etl")
+                config = self.workdir / f"a-{target}.toml"
+                env = write_config(config, sim.base_url, sim.accounts, url, api)
+                progress(f"{scenario} -> {target}")
+                outcome = run_etl(config, ["sync", "--jobs", "2"], env, self.workdir)
+                row = self.add(etl_row(scenario, target, outcome))
+                self.check_stored(row, url, total)
+
+            for target in ("SQLite", "PostgreSQL"):
+                scenario = f"{label}: dlt rest_api (merge)"
+                if not self.use_dlt:
+                    self.add(Row(scenario, target, note="skipped (--no-dlt)"))
+                    continue
+                if self.dlt is None:
+                    self.add(Row(scenario, target, note="not installed"))
+                    continue
+                if target == "PostgreSQL":
+                    if self.pg_version is None:
+                        self.add(Row(scenario, target, note="PostgreSQL unreachable"))
+                        continue
+                    pg_reset(self.pg_url)
+                    url = self.pg_url
+                else:
+                    url = self.sqlite_url("a-dlt")
+                progress(f"{scenario} -> {target}")
+                row = self.add(run_dlt(scenario, target, sim.base_url, sim.accounts, url,
+                                       self.workdir))
+                if row.calls is not None and row.calls != total:
+                    row.note += f"; MISMATCH: {total:,} expected"
+            if self.dlt is not None and self.use_dlt and self.pg_version is not None:
+                pg_reset(self.pg_url)
+
+            progress(f"{label}: sequential fetch")
+            self.add(run_sequential_fetch(f"{label}: sequential fetch (1 connection)",
+                                          sim.base_url, sim.accounts, self.workdir,
+                                          "requests.Session, page by page, JSON parsed, no DB"))
+
+    # -- b ---------------------------------------------------------------------------------
+
+    def scenario_b(self) -> None:
+        n = self.sizes["b_calls"]
+        ceiling = B_RATE * PER_PAGE
+        label = f"b. 1x{n:,}, {B_LATENCY_MS} ms latency"
+        progress(f"{label}, server limit {B_RATE} req/s: starting the simulator")
+        with SimProcess(self.workdir, "b-limit", accounts=1, calls=n, latency_ms=B_LATENCY_MS,
+                        rate_limit=B_RATE) as sim:
+            url = self.sqlite_url("b-limit")
+            config = self.workdir / "b-limit.toml"
+            env = write_config(config, sim.base_url, sim.accounts, url,
+                               {"concurrency": B_CONCURRENCY, "requests_per_second": B_RATE})
+            scenario = (f"{label}, server limit {B_RATE} req/s: etl sync, "
+                        f"requests_per_second {B_RATE}, concurrency {B_CONCURRENCY}")
+            progress(scenario)
+            outcome = run_etl(config, ["sync"], env, self.workdir)
+            row = self.add(etl_row(scenario, "SQLite", outcome))
+            if not row.note.startswith("FAILED") and row.seconds and row.requests:
+                share = (row.throttled or 0) / row.requests
+                row.note = (f"{row.calls / row.seconds / ceiling:.0%} of the "
+                            f"{ceiling:,} calls/s ceiling; 429 share {share:.1%}")
+            self.check_stored(row, url, n)
+
+        progress(f"{label}, no limit: starting the simulator")
+        with SimProcess(self.workdir, "b-free", accounts=1, calls=n,
+                        latency_ms=B_LATENCY_MS) as sim:
+            url = self.sqlite_url("b-free")
+            config = self.workdir / "b-free.toml"
+            env = write_config(config, sim.base_url, sim.accounts, url,
+                               {"concurrency": B_CONCURRENCY})
+            scenario = f"{label}, no limit: etl sync, concurrency {B_CONCURRENCY}"
+            progress(scenario)
+            outcome = run_etl(config, ["sync"], env, self.workdir)
+            etl = self.add(etl_row(scenario, "SQLite", outcome))
+            self.check_stored(etl, url, n)
+            progress(f"{label}, no limit: sequential fetch")
+            seq = self.add(run_sequential_fetch(f"{label}, no limit: sequential fetch",
+                                                sim.base_url, sim.accounts, self.workdir))
+            if etl.calls and etl.seconds and seq.calls and seq.seconds \
+                    and not etl.note.startswith("FAILED"):
+                ratio = (etl.calls / etl.seconds) / (seq.calls / seq.seconds)
+                etl.note = f"{ratio:.1f}x the sequential fetch's calls/s"
+
+    # -- c ---------------------------------------------------------------------------------
+
+    def scenario_c(self) -> None:
+        from etl.simulator import Simulator
+
+        n, new = self.sizes["c_calls"], self.sizes["c_new"]
+        label = f"c. 1x{n:,}"
+        progress(f"{label}: generating the in-process simulator")
+        sim = Simulator(accounts=1, calls=n, seed=1).start()
+        try:
+            account = sim.accounts[0]
+            url = self.sqlite_url("c")
+            config = self.workdir / "c.toml"
+            env = write_config(config, sim.base_url,
+                               [(account.name, account.auth_id, account.token)], url,
+                               {"concurrency": A_CONCURRENCY})
+            scenario = f"{label}: first full sync (setup for the next row)"
+            progress(scenario)
+            first = self.add(etl_row(scenario, "SQLite",
+                                     run_etl(config, ["sync"], env, self.workdir)))
+            self.check_stored(first, url, n)
+            if first.note.startswith("FAILED"):
+                return
+            added = sim.add_calls(account.auth_id, new)
+            opened = sum(1 for r in added if r.get("status") in ("ringing", "in-progress"))
+            scenario = f"{label}: incremental sync, +{new:,} new calls"
+            progress(scenario)
+            outcome = run_etl(config, ["sync"], env, self.workdir)
+            row = self.add(etl_row(scenario, "SQLite", outcome))
+            if not row.note.startswith("FAILED"):
+                history = math.ceil(n / PER_PAGE)
+                row.note = (f"new={outcome.total('new'):,} updated={outcome.total('updated')} "
+                            f"unchanged={outcome.total('unchanged'):,}; {opened} of the new "
+                            f"calls open; history {history:,} pages, the new calls alone "
+                            f"{math.ceil(new / PER_PAGE)}")
+            self.check_stored(row, url, n + new)
+        finally:
+            sim.stop()
+
+    # -- d ---------------------------------------------------------------------------------
+
+    def scenario_d(self) -> None:
+        from etl.simulator import Simulator
+
+        n = self.sizes["d_calls"]
+        label = f"d. 1x{n:,} over {D_DAYS} days"
+        progress(f"{label}: generating the in-process simulator")
+        sim = Simulator(accounts=1, calls=n, days=D_DAYS, seed=1).start()
+        try:
+            account = sim.accounts[0]
+            listing = sim.calls(account.auth_id)  # newest first, as served
+            starts = [dt.datetime.fromisoformat(r["start_time"].replace("Z", "+00:00"))
+                      for r in listing]
+            newest = starts[0]
+            since = (newest - dt.timedelta(days=D_DAYS // 2)).replace(
+                hour=0, minute=0, second=0, microsecond=0)
+            until = since + dt.timedelta(days=1)
+            inside = [i for i, s in enumerate(starts) if since <= s < until]
+            total_pages = math.ceil(len(listing) / PER_PAGE)
+            window_pages = (inside[-1] // PER_PAGE - inside[0] // PER_PAGE + 1) if inside else 0
+            del listing, starts
+            url = self.sqlite_url("d")
+            config = self.workdir / "d.toml"
+            env = write_config(config, sim.base_url,
+                               [(account.name, account.auth_id, account.token)], url,
+                               {"concurrency": A_CONCURRENCY})
+            scenario = f"{label}: etl backfill of 1 day ({since:%Y-%m-%d})"
+            progress(scenario)
+            outcome = run_etl(config, ["backfill", "--since", since.strftime("%Y-%m-%d"),
+                                       "--until", until.strftime("%Y-%m-%d")],
+                              env, self.workdir)
+            row = self.add(etl_row(scenario, "SQLite (fresh)", outcome))
+            if not row.note.startswith("FAILED") and row.requests is not None:
+                bound = math.log2(total_pages) + window_pages + 4
+                verdict = "within" if row.requests <= bound else "OVER"
+                row.note = (f"bound log2({total_pages:,} pages)={math.log2(total_pages):.1f} + "
+                            f"{window_pages} window pages + 4 = {bound:.1f}: {verdict}; "
+                            f"{len(inside):,} calls in the day")
+                if outcome.calls != len(inside):
+                    row.note += f"; MISMATCH: read {outcome.calls:,}"
+            self.check_stored(row, url, len(inside))
+        finally:
+            sim.stop()
+
+    # -- e ---------------------------------------------------------------------------------
+
+    def scenario_e(self) -> None:
+        n = self.sizes["e_calls"]
+        label = f"e. 1x{n:,}"
+        progress(f"{label}: starting the simulator")
+        with SimProcess(self.workdir, "e", accounts=1, calls=n) as sim:
+            url = self.sqlite_url("e")
+            config = self.workdir / "e.toml"
+            env = write_config(config, sim.base_url, sim.accounts, url,
+                               {"concurrency": E_CONCURRENCY})
+            scenario = f"{label}: full sync, peak memory (concurrency {E_CONCURRENCY})"
+            progress(scenario)
+            row = self.add(etl_row(scenario, "SQLite",
+                                   run_etl(config, ["sync"], env, self.workdir)))
+            if not row.note.startswith("FAILED") and row.rss_kb and row.calls:
+                row.note = f"{row.rss_kb * 1024 / row.calls:,.0f} bytes of peak RSS per call"
+            self.check_stored(row, url, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def command_line() -> str:
+    """The command as it was typed, with the BENCH_* variables that changed the sizes."""
+    exe = sys.executable
+    with contextlib.suppress(ValueError):
+        exe = os.path.relpath(exe) if not os.path.relpath(exe).startswith("..") else exe
+    script = sys.argv[0]
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+           if k.startswith("BENCH_") and k != "BENCH_TOKEN"]
+    return " ".join([*env, shlex.join([exe, script, *sys.argv[1:]])])
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="vox-etl throughput benchmarks: one markdown table "
+                    "(also written to bench-results/latest.md).")
+    parser.add_argument("--quick", action="store_true", help="Every size divided by 10.")
+    parser.add_argument("--only", default="a,b,c,d,e", metavar="LIST",
+                        help="Scenarios to run, e.g. a,c (default: all).")
+    parser.add_argument("--no-dlt", action="store_true", help="Skip the dlt rows.")
+    parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
+                        help="PostgreSQL for scenario a; its public schema is dropped! "
+                             "[env BENCH_PG_URL]")
+    parser.add_argument("--out", default=str(PROJECT / "bench-results" / "latest.md"),
+                        help="Where the table is written too.")
+    for name, (variable, default) in SIZES.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int,
+                            default=int(os.environ.get(variable, default)), metavar="N",
+                            help=f"[env {variable}; default {default:,}]")
+    # internal: the sequential fetch, run as a child process
+    parser.add_argument("--sequential-fetch", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    parser.add_argument("--account", action="append", default=[], help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.sequential_fetch:
+        return sequential_fetch(args.base_url, args.account)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    sizes = {name: getattr(args, name) for name in SIZES}
+    if args.quick:
+        sizes = {name: max(1, value // 10) for name, value in sizes.items()}
+    only = {s.strip().lower() for s in args.only.split(",") if s.strip()}
+    unknown = only - set("abcde")
+    if unknown:
+        print(f"bench: unknown scenario(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+
+    from etl import __version__ as etl_version
+
+    command = command_line()
+    started = time.perf_counter()
+    pg_version = pg_check(args.pg_url) if "a" in only else None
+    dlt = dlt_version() if ("a" in only and not args.no_dlt) else None
+    workdir = Path(tempfile.mkdtemp(prefix="vox-bench-"))
+    bench = Bench(sizes, workdir, args.pg_url, pg_version, dlt, not args.no_dlt)
+    interrupted = False
+    try:
+        for name in "abcde":
+            if name not in only:
+                continue
+            try:
+                getattr(bench, f"scenario_{name}")()
+            except BenchError as exc:
+                progress(f"scenario {name}: {exc}")
+                bench.add(Row(f"{name}. (could not run)", "-", note=str(exc)))
+    except KeyboardInterrupt:
+        interrupted = True
+        progress("interrupted; stopping the simulator and cleaning up")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    elapsed = time.perf_counter() - started
+    context = (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, vox-etl {etl_version}, "
+        f"dlt {dlt or 'not installed' if 'a' in only and not args.no_dlt else '-'}, "
+        f"PostgreSQL {pg_version or ('unreachable' if 'a' in only else '-')}; "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed:.0f} s"
+        + ("; INTERRUPTED, partial" if interrupted else "")
+        + ". seconds = wall time of each command (start-up and migrations included); "
+        "peak RSS = the client process's own ru_maxrss."
+    )
+    report = f"```\n$ {command}\n```\n\n{context}\n\n{markdown_table(bench.rows)}\n"
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, encoding="utf-8")
+    progress(f"written to {out}")
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
