@@ -7,8 +7,6 @@ from sqlalchemy import engine_from_config, pool
 import etl.migrate  # noqa: F401  (registers Alembic's DuckDB support)
 from etl.schema import metadata
 
-
-
 config = context.config
 target_metadata = metadata
 

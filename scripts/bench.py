@@ -25,8 +25,10 @@ How it measures:
     waits while `etl` runs, so the server still has a core to itself.
   - Every client (`etl`, dlt, the sequential fetch) is a child process. `seconds` is the wall
     time of the whole command: interpreter start-up, imports and migrations included.
-  - Peak RSS is the child's own ru_maxrss, read from os.wait4() on that child's pid (the
-    kernel's high-water mark of exactly that process, whatever ran before it).
+  - Peak RSS is the child's own maximum resident set size, from GNU time (`/usr/bin/time -f
+    %M`, which forks the command from its own small process), or, where that is missing, the
+    last VmHWM read from /proc/PID/status while it runs. Not os.wait4()/RUSAGE_CHILDREN: a
+    child's ru_maxrss starts at the RSS of the process it was forked from.
   - 429s: the simulator's counters live in its own process, so they are counted on the client
     side: `etl -v --log-format json` logs every retry as a `retry` event whose `error` names
     the HTTP status, and the 429 ones are counted (a 429 on the very last attempt would fail the
@@ -174,24 +176,62 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+TIME_BIN = "/usr/bin/time"
+
+
+def _hwm_kb(pid: int) -> int | None:
+    """VmHWM of a live process (its own address space's high-water mark), in KiB."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: float = 1800,
               cwd: Path | None = None) -> ChildRun:
-    """Run argv to completion; wall time, exit code, output, and its own peak RSS (os.wait4)."""
-    out_path = workdir / f"child-{time.monotonic_ns()}.out"
-    err_path = out_path.with_suffix(".err")
+    """Run argv to completion: wall time, exit code, output, and its own peak RSS.
+
+    Peak RSS comes from GNU time (`/usr/bin/time -f %M`), which forks the command from its own
+    small process. Not from os.wait4()/RUSAGE_CHILDREN here: a child's ru_maxrss starts at the
+    RSS of the process it was forked from (the kernel keeps the pre-exec high-water mark), so a
+    child of this process would report this process's size once it holds an in-process
+    simulator. Without /usr/bin/time, /proc/PID/status VmHWM is polled until the child exits.
+    """
+    stamp = time.monotonic_ns()
+    out_path = workdir / f"child-{stamp}.out"
+    err_path = workdir / f"child-{stamp}.err"
+    rss_path = workdir / f"child-{stamp}.rss"
+    use_time = os.access(TIME_BIN, os.X_OK)
+    full = [TIME_BIN, "-f", "%M", "-o", str(rss_path), *argv] if use_time else argv
+    polled: list[int] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd or workdir)
-        timer = threading.Timer(timeout, proc.kill)
+        # its own process group, so a timeout or Ctrl-C can stop the command with its wrapper
+        proc = subprocess.Popen(full, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd or workdir, start_new_session=True)
+
+        def kill() -> None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, kill)
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            if use_time:
+                proc.wait()
+            else:
+                while proc.poll() is None:
+                    hwm = _hwm_kb(proc.pid)
+                    if hwm is not None:
+                        polled.append(hwm)
+                    time.sleep(0.02)
             seconds = time.perf_counter() - started
-            proc.returncode = os.waitstatus_to_exitcode(status)
         except BaseException:
-            with contextlib.suppress(OSError):
-                proc.kill()
+            kill()
             with contextlib.suppress(Exception):
                 proc.wait(10)
             raise
@@ -199,12 +239,16 @@ def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: f
             timer.cancel()
     stdout = out_path.read_text(errors="replace")
     stderr = err_path.read_text(errors="replace")
-    out_path.unlink()
-    err_path.unlink()
-    if proc.returncode == -signal.SIGKILL and seconds >= timeout:
+    rss_kb = max(polled, default=0)
+    if use_time and rss_path.exists():
+        # "%M", preceded by a "Command exited with non-zero status N" line when it failed
+        numbers = [x for x in rss_path.read_text(errors="replace").split() if x.isdigit()]
+        rss_kb = int(numbers[-1]) if numbers else 0
+    for path in (out_path, err_path, rss_path):
+        path.unlink(missing_ok=True)
+    if seconds >= timeout:
         stderr += f"\nbench: killed after {timeout:.0f} s"
-    # Linux reports ru_maxrss in KiB
-    return ChildRun(argv, proc.returncode, seconds, int(usage.ru_maxrss), stdout, stderr)
+    return ChildRun(argv, proc.returncode, seconds, rss_kb, stdout, stderr)
 
 
 def etl_argv() -> list[str]:
@@ -798,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
+    rss_method = ("GNU time %M" if os.access(TIME_BIN, os.X_OK)
+                  else "VmHWM polled from /proc every 20 ms")
     context = (
         f"{os.cpu_count()} cores, Python {platform.python_version()}, vox-etl {etl_version}, "
         f"dlt {dlt or 'not installed' if 'a' in only and not args.no_dlt else '-'}, "
@@ -805,15 +851,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed:.0f} s"
         + ("; INTERRUPTED, partial" if interrupted else "")
         + ". seconds = wall time of each command (start-up and migrations included); "
-        "peak RSS = the client process's own ru_maxrss."
+        f"peak RSS = the client process's own max RSS ({rss_method})."
     )
     report = f"```\n$ {command}\n```\n\n{context}\n\n{markdown_table(bench.rows)}\n"
     print(report)
+    if interrupted:
+        progress(f"partial results: {args.out} left as it was")
+        return 130
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, encoding="utf-8")
     progress(f"written to {out}")
-    return 130 if interrupted else 0
+    return 0
 
 
 if __name__ == "__main__":
