@@ -1,0 +1,88 @@
+"""What operators see: JSON logs, the progress display, --version, --help, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+
+from etl import __version__
+
+
+def test_json_logs_parse_line_by_line_with_account_event_and_counts(simulator, project):
+    sim = simulator(accounts=2, calls=600, seed=61)
+    sim.inject(sim.accounts[0].auth_id, 503, "html502")
+    proj = project(sim)
+
+    result = proj.run("--log-format", "json", "-vv", "sync", check=True)
+
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    err = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {o["account"] for o in out} == {"acct1", "acct2"}
+    assert all(o["event"] == "summary" and o["new"] == 600 for o in out)
+    assert err, "-vv logs retries and plans"
+    assert all({"ts", "level", "event", "message"} <= set(e) for e in err)
+    retries = [e for e in err if e["event"] == "retry"]
+    assert [e["account"] for e in retries] == ["acct1", "acct1"]
+    assert [e["error"] for e in retries] == ["HTTP 503 Service Unavailable", "HTTP 502 Bad Gateway"]
+
+
+def test_no_progress_display_when_output_is_not_a_terminal(simulator, project):
+    sim = simulator(accounts=1, calls=3000, latency_ms=2)
+    result = project(sim).run("sync", check=True)
+    assert "\r" not in result.stderr and "\x1b[" not in result.stderr
+    assert result.stderr == ""
+
+
+def test_progress_display_on_a_terminal(simulator, project):
+    sim = simulator(accounts=1, calls=5000, latency_ms=5)
+    proj = project(sim)
+    primary, secondary = pty.openpty()
+    env = {**os.environ, **proj.env}
+    env.pop("ETL_DATABASE_URL", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "etl", "--config", str(proj.config), "sync"],
+        cwd=proj.path, env=env, stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    process.wait(timeout=120)
+    os.close(primary)
+    assert process.returncode == 0
+    assert b"acct1: " in shown and b" pages, " in shown and b"\r" in shown
+    assert "acct1: ok new=5000" in process.stdout.read()
+
+
+def test_version_and_help():
+    version = subprocess.run([sys.executable, "-m", "etl", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and __version__ in version.stdout
+    for command in ("sync", "backfill", "status", "verify", "migrate", "simulate"):
+        helped = subprocess.run([sys.executable, "-m", "etl", command, "--help"],
+                                capture_output=True, text=True)
+        assert helped.returncode == 0
+        assert "Example" in helped.stdout, command
+
+
+def test_usage_errors_exit_2(simulator, project):
+    sim = simulator(accounts=1, calls=10)
+    proj = project(sim)
+    cases = [
+        ("sync", "--account", "nobody"),
+        ("backfill", "--since", "2026-02-01", "--until", "2026-01-01"),
+        ("backfill", "--since", "last week", "--until", "2026-01-01"),
+        ("sync", "--bogus"),
+    ]
+    for args in cases:
+        result = proj.run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sim.stats()["requests"] == 0
