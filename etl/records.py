@@ -21,7 +21,6 @@ _TEXT_FIELDS = (
     ("status", "status"),
     ("end_reason", "end_reason"),
 )
-_TIME_FIELDS = (("answer_time", "answer_time"), ("end_time", "end_time"))
 _MAX_KEY = 255
 
 
@@ -141,7 +140,7 @@ def _parse(record: object, account_id: str) -> CallRow:
     if start is None or start == "":
         raise _Invalid("no start_time")
     start_time = _timestamp("start_time", start)
-    times = {column: _timestamp(key, record.get(key)) for key, column in _TIME_FIELDS}
+    assert start_time is not None
 
     duration = record.get("duration")
     if duration is not None:
@@ -159,11 +158,16 @@ def _parse(record: object, account_id: str) -> CallRow:
     return CallRow(
         call_uuid=uuid,
         account_id=account_id,
+        from_number=text["from_number"],
+        to_number=text["to_number"],
+        direction=text["direction"],
+        status=text["status"],
+        end_reason=text["end_reason"],
         duration=duration,
         start_time=start_time,
+        answer_time=_timestamp("answer_time", record.get("answer_time")),
+        end_time=_timestamp("end_time", record.get("end_time")),
         raw=record,
-        **text,
-        **times,
     )
 
 

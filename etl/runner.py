@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import requests
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import locks
@@ -225,7 +226,7 @@ class AccountRun:
         batches = paginator.cover(plan.need, window=plan.window, frontier_from=plan.frontier_from,
                                   stop_at=plan.stop_at, first=head)
         for batch in batches:
-            counts = in_transaction(self.engine, lambda conn, b=batch: self._commit(conn, plan, b))
+            counts = in_transaction(self.engine, partial(self._commit, plan=plan, batch=batch))
             self.result.counts += counts
             self.result.pages += batch.pages
             if self.progress is not None:
@@ -238,7 +239,7 @@ class AccountRun:
                               total_count=plan.total_count, finished=True)
             in_transaction(self.engine, finish)
 
-    def _commit(self, conn: Any, plan: Plan, batch: Batch) -> LoadCounts:
+    def _commit(self, conn: Connection, *, plan: Plan, batch: Batch) -> LoadCounts:
         now = utcnow()
         counts = upsert_calls(conn, batch.rows, now)
         counts.rejected = save_rejects(conn, batch.rejects, self.run_id, now)

@@ -167,17 +167,17 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
         select(sync_runs.c.account_id, sync_runs.c.account_name).distinct()
     ):
         names.setdefault(account_id, name)
-    stored = dict(
+    stored: dict[str, int] = dict(
         conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).tuples().all()
     )
-    still_open = dict(
+    still_open: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.status.in_(sorted(OPEN_STATUSES)))
             .group_by(calls.c.account_id)
         ).tuples().all()
     )
-    broken = dict(
+    broken: dict[str, int] = dict(
         conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).tuples().all()
     )
     out = []

@@ -63,7 +63,9 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# Its own database on the test server, created when missing: the bench drops its public schema,
+# which must not pull the tables from under a test suite running against `test` meanwhile.
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/vox_bench"
 PER_PAGE = 100
 DLT_SCHEMAS = ("vox_dlt", "vox_dlt_staging")
 
@@ -401,20 +403,40 @@ class SimProcess:
 
 
 def pg_check(url: str) -> str | None:
-    """The server's version, or None when it cannot be reached."""
-    try:
-        from sqlalchemy import create_engine, text
+    """The server's version, or None when it cannot be reached; creates the database if the
+    server is there but the database is not."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
 
-        engine = create_engine(url, connect_args={"connect_timeout": 5})
+    def version(target: Any) -> str:
+        engine = create_engine(target, connect_args={"connect_timeout": 5})
         try:
             with engine.connect() as conn:
-                version = str(conn.execute(text("SHOW server_version")).scalar())
+                return str(conn.execute(text("SHOW server_version")).scalar()).split()[0]
         finally:
             engine.dispose()
-        return version.split()[0]
+
+    try:
+        try:
+            return version(url)
+        except Exception as exc:
+            if "does not exist" not in str(exc):
+                raise
+        target = make_url(url)
+        name = target.database or ""
+        admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                              connect_args={"connect_timeout": 5})
+        try:
+            with admin.connect() as conn:
+                progress(f"creating the database {name!r} for the PostgreSQL rows")
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return version(url)
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
         progress(f"PostgreSQL is unreachable at {url.split('@')[-1]}: "
-                 f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}")
+                 f"{type(exc).__name__}: {first}")
         return None
 
 
@@ -548,10 +570,25 @@ class Bench:
         shutil.rmtree(f"{path}.locks", ignore_errors=True)
         return f"sqlite:///{path}"
 
+    def pg_fresh(self) -> str | None:
+        """Empty the PostgreSQL database; a note for the row when that fails."""
+        try:
+            pg_reset(self.pg_url)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            progress(f"PostgreSQL: could not reset: {type(exc).__name__}: {first}")
+            return f"PostgreSQL error: {type(exc).__name__}"
+        return None
+
     def check_stored(self, row: Row, url: str, expected: int) -> None:
         if row.note.startswith("FAILED"):
             return
-        stored = count_calls(url)
+        try:
+            stored = count_calls(url)
+        except Exception as exc:
+            row.note = (row.note + "; " if row.note else "") + \
+                f"could not count the stored rows: {type(exc).__name__}"
+            return
         if stored != expected:
             row.note = (row.note + "; " if row.note else "") + \
                 f"MISMATCH: {stored:,} rows stored, {expected:,} expected"
@@ -571,7 +608,10 @@ class Bench:
                     if self.pg_version is None:
                         self.add(Row(scenario, target, note="PostgreSQL unreachable"))
                         continue
-                    pg_reset(self.pg_url)
+                    problem = self.pg_fresh()
+                    if problem:
+                        self.add(Row(scenario, target, note=problem))
+                        continue
                     url = self.pg_url
                 else:
                     url = self.sqlite_url("a-etl")
@@ -594,7 +634,10 @@ class Bench:
                     if self.pg_version is None:
                         self.add(Row(scenario, target, note="PostgreSQL unreachable"))
                         continue
-                    pg_reset(self.pg_url)
+                    problem = self.pg_fresh()
+                    if problem:
+                        self.add(Row(scenario, target, note=problem))
+                        continue
                     url = self.pg_url
                 else:
                     url = self.sqlite_url("a-dlt")
@@ -604,7 +647,7 @@ class Bench:
                 if row.calls is not None and row.calls != total:
                     row.note += f"; MISMATCH: {total:,} expected"
             if self.dlt is not None and self.use_dlt and self.pg_version is not None:
-                pg_reset(self.pg_url)
+                self.pg_fresh()  # dlt's datasets are not left behind
 
             progress(f"{label}: sequential fetch")
             self.add(run_sequential_fetch(f"{label}: sequential fetch (1 connection)",
@@ -783,8 +826,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Scenarios to run, e.g. a,c (default: all).")
     parser.add_argument("--no-dlt", action="store_true", help="Skip the dlt rows.")
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL),
-                        help="PostgreSQL for scenario a; its public schema is dropped! "
-                             "[env BENCH_PG_URL]")
+                        help="PostgreSQL for scenario a (created if missing); its public schema is "
+                             f"dropped! [env BENCH_PG_URL; default {DEFAULT_PG_URL}]")
     parser.add_argument("--out", default=str(PROJECT / "bench-results" / "latest.md"),
                         help="Where the table is written too.")
     for name, (variable, default) in SIZES.items():
@@ -820,6 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     from etl import __version__ as etl_version
 
     command = command_line()
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     pg_version = pg_check(args.pg_url) if "a" in only else None
     dlt = dlt_version() if ("a" in only and not args.no_dlt) else None
@@ -832,9 +876,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 getattr(bench, f"scenario_{name}")()
-            except BenchError as exc:
-                progress(f"scenario {name}: {exc}")
-                bench.add(Row(f"{name}. (could not run)", "-", note=str(exc)))
+            except Exception as exc:
+                text = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+                progress(f"scenario {name}: {text}")
+                bench.add(Row(f"{name}. (could not run)", "-", note=text[:200]))
     except KeyboardInterrupt:
         interrupted = True
         progress("interrupted; stopping the simulator and cleaning up")
@@ -842,13 +887,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     elapsed = time.perf_counter() - started
+    pg_database = args.pg_url.rsplit("/", 1)[-1].split("?")[0]
     rss_method = ("GNU time %M" if os.access(TIME_BIN, os.X_OK)
                   else "VmHWM polled from /proc every 20 ms")
     context = (
         f"{os.cpu_count()} cores, Python {platform.python_version()}, vox-etl {etl_version}, "
         f"dlt {dlt or 'not installed' if 'a' in only and not args.no_dlt else '-'}, "
-        f"PostgreSQL {pg_version or ('unreachable' if 'a' in only else '-')}; "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed:.0f} s"
+        f"PostgreSQL {pg_version or ('unreachable' if 'a' in only else '-')}"
+        f"{f' (database {pg_database})' if pg_version else ''}; "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; the whole run took {elapsed:.0f} s; "
+        f"1-min load average {load_before:.2f} before it"
         + ("; INTERRUPTED, partial" if interrupted else "")
         + ". seconds = wall time of each command (start-up and migrations included); "
         f"peak RSS = the client process's own max RSS ({rss_method})."

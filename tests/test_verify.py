@@ -37,7 +37,7 @@ def test_verify_reports_the_account_and_counts_when_a_row_is_deleted(simulator, 
     assert result.returncode == 1
     rows = [line.split() for line in result.stdout.splitlines() if "mismatch" in line]
     assert ["acct2", "total", "1500", "1499", "-1", "mismatch"] in rows
-    assert ["acct2", "status=completed"] == rows[1][:2] and rows[1][4] == "-1"
+    assert rows[1][:2] == ["acct2", "status=completed"] and rows[1][4] == "-1"
     direction = f"direction={victim['direction']}"
     assert any(r[:2] == ["acct2", direction] for r in rows)
     assert not any(r[0] == "acct1" for r in rows)
