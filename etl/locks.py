@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -92,50 +92,41 @@ def _file_lock(database: Path, name: str, wait: bool) -> AccountLock:
 
 
 def _advisory(engine: Engine, name: str, wait: bool) -> AccountLock:
-    key = int.from_bytes(hashlib.blake2b(lock_key(name).encode(), digest_size=8).digest(), "big", signed=True)
+    digest = hashlib.blake2b(lock_key(name).encode(), digest_size=8).digest()
+    params = {"k": int.from_bytes(digest, "big", signed=True)}
+    acquire = ("SELECT true FROM (SELECT pg_advisory_lock(:k)) AS waited" if wait
+               else "SELECT pg_try_advisory_lock(:k)")
+    return _server_lock(engine, name, acquire, "SELECT pg_advisory_unlock(:k)", params)
+
+
+def _get_lock(engine: Engine, name: str, wait: bool) -> AccountLock:
+    key = lock_key(name)
+    if len(key) > 64:  # MySQL's limit on lock names
+        key = "vox-etl:" + hashlib.sha1(name.encode()).hexdigest()
+    params = {"k": key, "t": -1 if wait else 0}
+    return _server_lock(engine, name, "SELECT GET_LOCK(:k, :t)", "SELECT RELEASE_LOCK(:k)", params)
+
+
+def _server_lock(engine: Engine, name: str, acquire: str, release: str,
+                 params: Mapping[str, object]) -> AccountLock:
+    """A lock held by a dedicated connection: the server frees it if the process dies."""
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        if wait:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-        elif not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+        if not conn.execute(text(acquire), params).scalar():
             raise _busy(name)
     except BaseException:
         conn.close()
         raise
 
-    def release() -> None:
+    def unlock() -> None:
         try:
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            conn.execute(text(release), params)
         except Exception:  # the connection is gone, and the lock with it
             conn.invalidate()
         finally:
             conn.close()
 
-    return AccountLock(name, release)
-
-
-def _get_lock(engine: Engine, name: str, wait: bool) -> AccountLock:
-    key = lock_key(name)
-    if len(key) > 64:
-        key = "vox-etl:" + hashlib.sha1(name.encode()).hexdigest()
-    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-    try:
-        got = conn.execute(text("SELECT GET_LOCK(:k, :t)"), {"k": key, "t": -1 if wait else 0}).scalar()
-        if got != 1:
-            raise _busy(name)
-    except BaseException:
-        conn.close()
-        raise
-
-    def release() -> None:
-        try:
-            conn.execute(text("SELECT RELEASE_LOCK(:k)"), {"k": key})
-        except Exception:
-            conn.invalidate()
-        finally:
-            conn.close()
-
-    return AccountLock(name, release)
+    return AccountLock(name, unlock)
 
 
 def _thread_lock(key: str, name: str, wait: bool) -> AccountLock:
