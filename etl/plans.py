@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .paging import Coverage, Paginator, Window
+from .paging import Coverage, Paginator, PositionsStale, Window
 from .state import SyncState
 
 
@@ -54,6 +54,10 @@ def incremental_plan(
         base = _base(paginator, start_date)
         plan = Plan("full" if full else "first", Coverage([(base, total)]), window, base, base)
     else:
+        if total < state.synced_seq:
+            raise PositionsStale(
+                f"the API lists {total} calls where {state.synced_seq} were already synced"
+            )
         start = state.synced_seq
         if state.watermark is not None:
             low, _ = paginator.positions.bracket(state.watermark - lookback, -1, start)

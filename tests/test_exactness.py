@@ -209,3 +209,29 @@ def test_watermark_never_runs_ahead_of_committed_rows(simulator, etl):
     assert state.synced_seq == 2_000
     assert state.watermark == max(r["start_time"] for r in rows.values())
     assert state.watermark <= datetime.now(UTC)
+
+
+def test_calls_removed_from_the_api_make_the_next_sync_re_read_everything(simulator, etl):
+    sim = simulator(accounts=1, calls=1_000, seed=20)
+    auth_id = sim.accounts[0].auth_id
+    run = etl(sim)
+    run()
+    other = simulator(accounts=1, calls=700, seed=99)  # the same account, with fewer calls
+    run.config = load_config_for(run, other)
+
+    run()
+
+    rows = stored_rows(run.engine, auth_id)
+    assert set(expected_uuids(other, auth_id)) <= set(rows)
+    from etl.state import read_state
+    with run.engine.connect() as conn:
+        assert read_state(conn, auth_id).synced_seq == 700
+
+
+def load_config_for(run, sim):
+    from dataclasses import replace
+    return replace(run.config, api=replace(run.config.api, base_url=sim.base_url))
+
+
+def expected_uuids(sim, auth_id):
+    return [c["call_uuid"] for c in sim.calls(auth_id)]
