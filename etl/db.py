@@ -65,6 +65,11 @@ def make_engine(url: str) -> Engine:
         if backend == "mysql":
             return create_engine(parsed, pool_pre_ping=True, pool_recycle=3600,
                                  connect_args={"charset": "utf8mb4"})
+        if backend == "postgresql" and parsed.get_driver_name() == "psycopg":
+            # psycopg 3 prepares a statement after five runs, and PostgreSQL then keeps a plan
+            # chosen while `calls` was nearly empty (a full scan for the key lookups).
+            return create_engine(parsed, pool_pre_ping=True,
+                                 connect_args={"prepare_threshold": None})
         return create_engine(parsed, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"database URL {parsed.drivername}:// needs the {exc.name} module") from None
