@@ -83,8 +83,8 @@ def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> Lo
         values["updated_at"] = now
         writes.append(values)
     if writes:
-        if conn.dialect.name == "duckdb":
-            _duckdb_upsert(conn, writes)
+        if conn.dialect.name in ("sqlite", "duckdb"):
+            _direct_upsert(conn, writes)
         else:
             conn.execute(_upsert_statement(conn), writes)
     return counts
@@ -93,10 +93,16 @@ def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> Lo
 _ALL = (*_COLUMNS, "first_seen_at", "updated_at")
 
 
-def _duckdb_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
-    """DuckDB runs an executemany row by row, and compiling a large multi-row statement costs
-    more than the insert: one hand-written multi-row upsert per chunk instead."""
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in _UPDATED)
+_TIMES = frozenset({"start_time", "answer_time", "end_time", "first_seen_at", "updated_at"})
+
+
+def _direct_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
+    """The embedded databases' upsert, written by hand: converting and compiling each row
+    through SQLAlchemy costs more than the insert itself (and DuckDB runs an executemany row
+    by row), so send one multi-row upsert per chunk, values already in storage form: JSON
+    text, and timestamps as SQLAlchemy would store them (naive UTC text on SQLite)."""
+    sqlite_text = conn.dialect.name == "sqlite"
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
     row = "(" + ", ".join("?" for _ in _ALL) + ")"
     for chunk in _chunks(writes, 200):
         sql = (
@@ -105,9 +111,13 @@ def _duckdb_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
         )
         params: list[Any] = []
         for values in chunk:
-            params.extend(
-                json.dumps(values[name]) if name == "raw" else values[name] for name in _ALL
-            )
+            for name in _ALL:
+                value = values[name]
+                if name == "raw":
+                    value = json.dumps(value)
+                elif sqlite_text and name in _TIMES and value is not None:
+                    value = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                params.append(value)
         conn.exec_driver_sql(sql, tuple(params))
 
 

@@ -17,7 +17,7 @@ import bisect
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -216,17 +216,21 @@ class Paginator:
         else:
             pages = [self._fetch(n, asked) for n in numbers]
         for page in pages:
-            self.pages_read += 1
-            if self.total is None or page.total_count > self.total:
-                self.total = page.total_count
-            if page.per_page < self.per_page:
-                log.info(
-                    "server caps per_page",
-                    extra={"account": self.account_id, "event": "per_page", "per_page": page.per_page},
-                )
-                self.per_page = page.per_page
-            self._check(page)
+            self._account_for(page)
         return pages
+
+    def _account_for(self, page: Page) -> None:
+        """Learn the list's size and the granted page size from a page, and check it."""
+        self.pages_read += 1
+        if self.total is None or page.total_count > self.total:
+            self.total = page.total_count
+        if page.per_page < self.per_page:
+            log.info(
+                "server caps per_page",
+                extra={"account": self.account_id, "event": "per_page", "per_page": page.per_page},
+            )
+            self.per_page = page.per_page
+        self._check(page)
 
     def _check(self, page: Page) -> None:
         expected = min(page.per_page, max(0, page.total_count - (page.number - 1) * page.per_page))
@@ -311,111 +315,130 @@ class Paginator:
         stop_at: datetime | None = None,
         first: Page | None = None,
     ) -> Iterator[Batch]:
-        """Read every position in `need`, oldest first, yielding each round's rows in a Batch.
+        """Read every position in `need`, yielding each page's rows in a Batch.
 
-        `frontier_from`: report in each batch the first position from there on not yet read
-        (what the sync may commit as done). `stop_at`: positions whose call starts at or after
-        it are not needed (a backfill's `until`). `first`: an already read page to use.
+        Up to `concurrency` requests stay in flight: while one page's batch is being loaded,
+        the next pages are already on their way. `frontier_from`: report in each batch the
+        first position from there on not yet read (what a sync may commit as done).
+        `stop_at`: positions whose call starts at or after it are not needed (a backfill's
+        `until`). `first`: an already read page to use.
         """
-        window = window or Window()
-        done = Coverage()
-        stalls = 0
-        times: dict[int, datetime] = {}
-        watermark: datetime | None = None
+        reading = _Reading(need, window or Window(), frontier_from, stop_at)
         known = [first] if first is not None else []
         known += [page for page, _ in self._cache.values()]
-        pending = known
-        drift = 0.0  # how much the list grew per request in the last round
-        last_gap: int | None = None
-        while True:
-            remaining = _missing(need, done)
-            if pending:
-                pages, pending = pending, []
-            else:
-                gap = done.first_gap(need)
-                if gap is None:
+        for page in sorted(known, key=lambda p: p.low_seq):
+            yield self._take(reading, page)
+        inflight: dict[Future[Page], tuple[int, int]] = {}
+        drift = 0.0  # how much the list grows between sending a request and its answer
+        misses: dict[int, int] = {}
+        try:
+            while True:
+                self._top_up(reading, inflight, drift, misses)
+                if not inflight:
                     return
-                before = self.total or 0
-                planned = self._plan_pages(gap, need, done, drift, stuck=gap == last_gap)
-                pages = self._read(planned)
-                drift = max(0.0, ((self.total or 0) - before) / max(1, len(planned)))
-                last_gap = gap
-            batch = Batch()
-            for page in sorted(pages, key=lambda p: p.low_seq):
-                cached = self._cache.pop(page.low_seq, None)
-                items = cached[1] if cached and cached[0] is page else self.parsed(page)
-                for index, item in enumerate(items):
-                    seq = page.seq_of(index)
-                    if done.contains(seq):
-                        continue
-                    if isinstance(item, Reject):
-                        batch.rejects.append(item)
-                        continue
-                    if item.call_uuid in self.watch:
-                        self.seen_uuids.add(item.call_uuid)
-                    if stop_at is not None and item.start_time >= stop_at:
-                        need = _clip(need, seq)
-                    if window.keeps(item.start_time):
-                        batch.rows.append(item)
-                    if frontier_from is not None:
-                        times[seq] = item.start_time
-                    if item.is_open or index in (0, len(items) - 1):
-                        self.positions.add(Mark(seq, item.start_time, item.call_uuid))
-                done.add(page.low_seq, page.top_seq + 1)
-                batch.pages += 1
-            if _missing(need, done) >= remaining:
-                stalls += 1
-                if stalls > self.max_stalls:
-                    raise ListingError(
-                        "the list moved faster than it could be read "
-                        f"({stalls} rounds without a new position)"
-                    )
-            else:
-                stalls = 0
-            if frontier_from is not None:
-                frontier = done.next_missing(frontier_from)
-                for seq in [s for s in times if s < frontier]:
-                    moment = times.pop(seq)
-                    if watermark is None or moment > watermark:
-                        watermark = moment
-                batch.frontier = frontier
-                batch.watermark = watermark
-            batch.marks = self.positions.take_new()
-            yield batch
+                finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                for future in sorted(finished, key=lambda f: inflight[f][0]):
+                    gap, sent_total = inflight.pop(future)
+                    page = future.result()
+                    self._account_for(page)
+                    growth = max(0, page.total_count - sent_total) / max(1, len(inflight) + 1)
+                    drift = growth if drift == 0 else (drift + growth) / 2
+                    if not page.low_seq <= gap <= page.top_seq:
+                        misses[gap] = misses.get(gap, 0) + 1
+                    yield self._take(reading, page)
+        finally:
+            for future in inflight:
+                future.cancel()
 
-    def _plan_pages(
-        self, gap: int, need: Coverage, done: Coverage, drift: float, *, stuck: bool
-    ) -> list[int]:
-        """Page numbers for the next round: the page holding `gap`, then the pages above it
-        that hold still-needed positions, up to the concurrency. Each is aimed at where the
-        list will be when the request lands (it grew by `drift` per request last round); if
-        the lowest gap survived the last round, the next older page is read too, so a gap
-        narrower than the drift cannot be stepped over forever."""
+    def _top_up(self, reading: _Reading, inflight: dict[Future[Page], tuple[int, int]],
+                drift: float, misses: dict[int, int]) -> None:
+        """Send requests for the lowest needed positions that no request in flight is aimed
+        at, aiming each where the list will be when it lands; a gap that a page has already
+        missed gets the next older page too, so drift cannot step over it forever."""
         assert self.total is not None
-        numbers: list[int] = []
-        seq: int | None = gap
-        while seq is not None and len(numbers) < self.concurrency:
-            total = self.total + math.ceil(drift * (len(numbers) + 1))
-            number = (total - 1 - seq) // self.per_page + 1
-            if number < 1:
-                break
-            if stuck and not numbers:
-                numbers.append(number + 1)
-            if number not in numbers:
-                numbers.append(number)
-            top = total - 1 - (number - 1) * self.per_page
-            seq = _next_needed(need, done, top + 1)
-        return numbers
+        aimed = Coverage(list(reading.done))
+        for target, sent_total in inflight.values():
+            number = (sent_total - 1 - target) // self.per_page + 1
+            aimed.add(target, sent_total - (number - 1) * self.per_page)
+        while len(inflight) < self.concurrency:
+            gap = aimed.first_gap(reading.need)
+            if gap is None:
+                return
+            total = self.total + math.ceil(drift * (len(inflight) + 1))
+            number = (total - 1 - gap) // self.per_page + 1
+            numbers = [number + 1, number] if misses.get(gap) else [number]
+            for n in numbers:
+                if n >= 1:
+                    inflight[self._submit(n)] = (gap, total)
+            aimed.add(gap, total - (number - 1) * self.per_page)
+
+    def _submit(self, number: int) -> Future[Page]:
+        if self.executor is not None:
+            return self.executor.submit(self._fetch, number, self.per_page)
+        future: Future[Page] = Future()
+        try:
+            future.set_result(self._fetch(number, self.per_page))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def _take(self, reading: _Reading, page: Page) -> Batch:
+        """Turn a read page into a Batch of the positions not read before."""
+        cached = self._cache.pop(page.low_seq, None)
+        items = cached[1] if cached and cached[0] is page else self.parsed(page)
+        done, batch = reading.done, Batch(pages=1)
+        remaining = _missing(reading.need, done)
+        for index, item in enumerate(items):
+            seq = page.seq_of(index)
+            if done.contains(seq):
+                continue
+            if isinstance(item, Reject):
+                batch.rejects.append(item)
+                continue
+            if item.call_uuid in self.watch:
+                self.seen_uuids.add(item.call_uuid)
+            if reading.stop_at is not None and item.start_time >= reading.stop_at:
+                reading.need = _clip(reading.need, seq)
+            if reading.window.keeps(item.start_time):
+                batch.rows.append(item)
+            if reading.frontier_from is not None:
+                reading.times[seq] = item.start_time
+            if item.is_open or index in (0, len(items) - 1):
+                self.positions.add(Mark(seq, item.start_time, item.call_uuid))
+        done.add(page.low_seq, page.top_seq + 1)
+        if _missing(reading.need, done) >= remaining:
+            reading.stalls += 1
+            if reading.stalls > self.max_stalls * self.concurrency:
+                raise ListingError(
+                    "the list moved faster than it could be read "
+                    f"({reading.stalls} pages in a row without a needed position)"
+                )
+        else:
+            reading.stalls = 0
+        if reading.frontier_from is not None:
+            frontier = done.next_missing(reading.frontier_from)
+            for seq in [s for s in reading.times if s < frontier]:
+                moment = reading.times.pop(seq)
+                if reading.watermark is None or moment > reading.watermark:
+                    reading.watermark = moment
+            batch.frontier = frontier
+            batch.watermark = reading.watermark
+        batch.marks = self.positions.take_new()
+        return batch
 
 
-def _next_needed(need: Coverage, done: Coverage, start: int) -> int | None:
-    for lo, hi in need:
-        if hi <= start:
-            continue
-        seq = done.next_missing(max(lo, start))
-        if seq < hi:
-            return seq
-    return None
+@dataclass
+class _Reading:
+    """The state of one `cover` call."""
+
+    need: Coverage
+    window: Window
+    frontier_from: int | None
+    stop_at: datetime | None
+    done: Coverage = field(default_factory=Coverage)
+    times: dict[int, datetime] = field(default_factory=dict)
+    watermark: datetime | None = None
+    stalls: int = 0
 
 
 def _missing(need: Coverage, done: Coverage) -> int:
