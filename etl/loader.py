@@ -116,7 +116,9 @@ def _direct_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
                 if name == "raw":
                     value = json.dumps(value)
                 elif sqlite_text and name in _TIMES and value is not None:
-                    value = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                    if value.tzinfo is not UTC:
+                        value = value.astimezone(UTC)
+                    value = value.replace(tzinfo=None).isoformat(" ", "microseconds")
                 params.append(value)
         conn.exec_driver_sql(sql, tuple(params))
 

@@ -225,10 +225,10 @@ class AccountRun:
         account = self.account
         batches = paginator.cover(plan.need, window=plan.window, frontier_from=plan.frontier_from,
                                   stop_at=plan.stop_at, first=head)
-        for batch in batches:
-            counts = in_transaction(self.engine, partial(self._commit, plan=plan, batch=batch))
+        for group in _groups(batches, _PAGES_PER_TRANSACTION):
+            counts = in_transaction(self.engine, partial(self._commit, plan=plan, batches=group))
             self.result.counts += counts
-            self.result.pages += batch.pages
+            self.result.pages += sum(batch.pages for batch in group)
             if self.progress is not None:
                 self.progress(account.name, self.result.pages, self.result.counts.new
                               + self.result.counts.updated + self.result.counts.unchanged)
@@ -239,16 +239,34 @@ class AccountRun:
                               total_count=plan.total_count, finished=True)
             in_transaction(self.engine, finish)
 
-    def _commit(self, conn: Connection, *, plan: Plan, batch: Batch) -> LoadCounts:
+    def _commit(self, conn: Connection, *, plan: Plan, batches: list[Batch]) -> LoadCounts:
+        """One transaction: the pages' rows, rejects and marks, then the frontier they reach."""
         now = utcnow()
-        counts = upsert_calls(conn, batch.rows, now)
-        counts.rejected = save_rejects(conn, batch.rejects, self.run_id, now)
-        save_marks(conn, self.account.auth_id, batch.marks)
-        if plan.frontier_from is not None and batch.frontier is not None:
+        rows = [row for batch in batches for row in batch.rows]
+        counts = upsert_calls(conn, rows, now)
+        counts.rejected = save_rejects(conn, [r for b in batches for r in b.rejects], self.run_id, now)
+        save_marks(conn, self.account.auth_id, [m for batch in batches for m in batch.marks])
+        last = batches[-1]
+        if plan.frontier_from is not None and last.frontier is not None:
             advance_state(conn, self.account.auth_id, self.account.name,
-                          synced_seq=batch.frontier, base_seq=plan.base_seq,
-                          watermark=batch.watermark, total_count=plan.total_count)
+                          synced_seq=last.frontier, base_seq=plan.base_seq,
+                          watermark=last.watermark, total_count=plan.total_count)
         return counts
+
+
+# Pages loaded per transaction: fewer commits, while a crash loses at most this much work.
+_PAGES_PER_TRANSACTION = 4
+
+
+def _groups(batches: Iterable[Batch], size: int) -> Iterable[list[Batch]]:
+    group: list[Batch] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _explain(exc: BaseException) -> str:
