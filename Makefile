@@ -32,7 +32,6 @@ test: $(BIN)/.dev
 
 lint: $(BIN)/.dev
 	$(BIN)/ruff check etl migrations tests
-	$(BIN)/ruff format --check etl migrations tests || true
 	$(BIN)/mypy
 
 bench: $(BIN)/.dev

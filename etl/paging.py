@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
@@ -329,32 +328,32 @@ class Paginator:
         for page in sorted(known, key=lambda p: p.low_seq):
             yield self._take(reading, page)
         inflight: dict[Future[Page], tuple[int, int]] = {}
-        drift = 0.0  # how much the list grows between sending a request and its answer
         misses: dict[int, int] = {}
         try:
             while True:
-                self._top_up(reading, inflight, drift, misses)
+                self._top_up(reading, inflight, misses)
                 if not inflight:
                     return
                 finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
                 for future in sorted(finished, key=lambda f: inflight[f][0]):
-                    gap, sent_total = inflight.pop(future)
+                    gap, _ = inflight.pop(future)
                     page = future.result()
                     self._account_for(page)
-                    growth = max(0, page.total_count - sent_total) / max(1, len(inflight) + 1)
-                    drift = growth if drift == 0 else (drift + growth) / 2
-                    if not page.low_seq <= gap <= page.top_seq:
-                        misses[gap] = misses.get(gap, 0) + 1
+                    if page.low_seq > gap:  # aimed too new: the gap sits in an older page
+                        misses[gap] = 1
+                    elif page.top_seq < gap:  # aimed too old
+                        misses[gap] = -1
                     yield self._take(reading, page)
         finally:
             for future in inflight:
                 future.cancel()
 
     def _top_up(self, reading: _Reading, inflight: dict[Future[Page], tuple[int, int]],
-                drift: float, misses: dict[int, int]) -> None:
+                misses: dict[int, int]) -> None:
         """Send requests for the lowest needed positions that no request in flight is aimed
-        at, aiming each where the list will be when it lands; a gap that a page has already
-        missed gets the next older page too, so drift cannot step over it forever."""
+        at. Each is aimed with the newest total known: drift can only make a page land on
+        newer positions, still needed. A gap that a page has already missed also gets the
+        neighbouring page on the side it was missed, so drift cannot step over it forever."""
         assert self.total is not None
         aimed = Coverage(list(reading.done))
         for target, sent_total in inflight.values():
@@ -364,9 +363,9 @@ class Paginator:
             gap = aimed.first_gap(reading.need)
             if gap is None:
                 return
-            total = self.total + math.ceil(drift * (len(inflight) + 1))
+            total = self.total
             number = (total - 1 - gap) // self.per_page + 1
-            numbers = [number + 1, number] if misses.get(gap) else [number]
+            numbers = [number, number + misses[gap]] if gap in misses else [number]
             for n in numbers:
                 if n >= 1:
                     inflight[self._submit(n)] = (gap, total)
@@ -465,3 +464,4 @@ def _next_covered(done: Coverage, start: int, end: int) -> int:
 
 def _clip(need: Coverage, end: int) -> Coverage:
     return Coverage([(lo, min(hi, end)) for lo, hi in need if lo < end])
+

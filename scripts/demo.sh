@@ -11,8 +11,8 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf demo.db demo.db-wal demo.db-shm demo.db.locks
-echo "==> starting the Vox API simulator (3 accounts, 20,000 calls each, 2% server errors)"
-"$BIN/etl" --database-url sqlite:///demo.db simulate --port 0 --accounts 3 --calls 20000 --error-rate 0.02 \
+echo "==> starting the Vox API simulator (3 accounts, 20,000 calls each, 2% server errors, 20 new calls a second)"
+"$BIN/etl" --database-url sqlite:///demo.db simulate --port 0 --accounts 3 --calls 20000 --error-rate 0.02 --drift-rate 20 --finish-after 5 \
     --write-config demo.toml >"$workdir/sim.log" 2>&1 &
 sim_pid=$!
 for _ in $(seq 1 300); do
@@ -28,7 +28,8 @@ echo
 echo "==> etl --config demo.toml sync      (first run: the whole history)"
 "$BIN/etl" --config demo.toml sync --jobs 3
 echo
-echo "==> etl --config demo.toml sync      (second run: incremental, only what is new or still open)"
+sleep 2
+echo "==> etl --config demo.toml sync      (second run, two seconds later: only what is new or still open)"
 "$BIN/etl" --config demo.toml sync --jobs 3
 echo
 echo "==> etl --config demo.toml status"
