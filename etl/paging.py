@@ -359,7 +359,8 @@ class Paginator:
         for target, sent_total in inflight.values():
             number = (sent_total - 1 - target) // self.per_page + 1
             aimed.add(target, sent_total - (number - 1) * self.per_page)
-        while len(inflight) < self.concurrency:
+        # Twice the workers: the executor's queue keeps them busy while this thread loads.
+        while len(inflight) < 2 * self.concurrency:
             gap = aimed.first_gap(reading.need)
             if gap is None:
                 return
