@@ -85,12 +85,38 @@ def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> Lo
     if writes:
         if conn.dialect.name in ("sqlite", "duckdb"):
             _direct_upsert(conn, writes)
+        elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+            _unnest_upsert(conn, writes)
         else:
             conn.execute(_upsert_statement(conn), writes)
     return counts
 
 
 _ALL = (*_COLUMNS, "first_seen_at", "updated_at")
+
+
+_ARRAY_TYPES = {"duration": "integer[]", "raw": "jsonb[]"}
+
+
+def _unnest_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
+    """PostgreSQL's fastest upsert short of COPY: one short statement whose rows arrive as one
+    array per column (`unnest`), so neither the driver nor the server parses thousands of
+    placeholders, and the statement text is the same for every batch."""
+    arrays = ", ".join(
+        "%b::" + _ARRAY_TYPES.get(name, "timestamptz[]" if name in _TIMES else "text[]")
+        for name in _ALL
+    )
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+    sql = (
+        f"INSERT INTO calls ({', '.join(_ALL)}) SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT (call_uuid) DO UPDATE SET {updates}"
+    )
+    for chunk in _chunks(writes, 1000):
+        columns = [
+            [json.dumps(v["raw"]) for v in chunk] if name == "raw" else [v[name] for v in chunk]
+            for name in _ALL
+        ]
+        conn.exec_driver_sql(sql, tuple(columns))
 
 
 _TIMES = frozenset({"start_time", "answer_time", "end_time", "first_seen_at", "updated_at"})

@@ -27,3 +27,35 @@ def test_overlapping_runs_never_sync_the_same_account_on_any_database(simulator,
         first.wait(timeout=180)
     assert first.returncode == 0, first.stderr
     assert_matches_simulator(engine, sim)
+
+
+def test_the_loader_round_trips_awkward_values_on_every_database(any_database_url, engine_for):
+    from etl.loader import in_transaction, upsert_calls, utcnow
+    from etl.migrate import upgrade
+    from etl.records import parse_call
+    from tests.helpers import stored_rows
+
+    engine = engine_for(any_database_url)
+    upgrade(engine)
+    records = [
+        {"call_uuid": "q-1", "from": '+1 "quoted" \\back\\slash', "to": "ümlaut 📞 {a,b}",
+         "direction": "inbound", "status": "voicemail", "duration": None,
+         "start_time": "2026-03-01T10:00:00.123456+02:00", "answer_time": None,
+         "end_time": None, "end_reason": "NULL", "nested": {"list": [1, None, "x"], "e": ""}},
+        {"call_uuid": "q-2", "from": None, "to": "", "direction": None, "status": "completed",
+         "duration": 0, "start_time": "2026-03-01T08:00:00Z", "answer_time": "2026-03-01T08:00:01Z",
+         "end_time": "2026-03-01T08:00:01Z", "end_reason": "it's done; \"ok\""},
+    ]
+    rows = [parse_call(r, "MA1") for r in records]
+
+    counts = in_transaction(engine, lambda conn: upsert_calls(conn, rows, utcnow()))
+    again = in_transaction(engine, lambda conn: upsert_calls(conn, rows, utcnow()))
+
+    assert (counts.new, again.unchanged, again.updated) == (2, 2, 0)
+    stored = stored_rows(engine)
+    for row in rows:
+        for column, value in row.values().items():
+            assert stored[row.call_uuid][column] == value, (column, stored[row.call_uuid][column])
+    changed = parse_call({**records[0], "status": "completed"}, "MA1")
+    third = in_transaction(engine, lambda conn: upsert_calls(conn, [changed], utcnow()))
+    assert third.updated == 1 and stored_rows(engine)["q-1"]["status"] == "completed"
