@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Table, and_, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -283,25 +283,3 @@ def in_transaction(
             )
             time.sleep(wait)
     raise AssertionError("unreachable")
-
-
-def table_count(conn: Connection, table: Table, **where: Any) -> int:
-    from sqlalchemy import func
-
-    query = select(func.count()).select_from(table)
-    for key, value in where.items():
-        query = query.where(table.c[key] == value)
-    return int(conn.execute(query).scalar_one())
-
-
-__all__ = [
-    "LoadCounts",
-    "forget_marks",
-    "in_transaction",
-    "load_marks",
-    "save_marks",
-    "save_rejects",
-    "table_count",
-    "update",
-    "upsert_calls",
-]

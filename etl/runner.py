@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import locks
 from .client import VoxClient, describe
 from .config import Account, Config
-from .errors import APIError, EtlError, LockBusy
+from .errors import EtlError, LockBusy
 from .loader import (
     LoadCounts,
     forget_marks,
@@ -308,5 +308,3 @@ def run_accounts(
     with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
         return list(pool.map(one, accounts))
 
-
-__all__ = ["APIError", "AccountResult", "Job", "run_accounts"]

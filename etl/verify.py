@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 
 from .client import VoxClient
 from .errors import ListingError
@@ -200,10 +200,3 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3
             result.differences.append(Difference(measure, api_side[measure], ours[measure]))
     result.requests = client.requests
     return result
-
-
-def stored_count(engine: Engine, account_id: str) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(
-            select(func.count()).select_from(calls).where(calls.c.account_id == account_id)
-        ).scalar_one())
