@@ -364,6 +364,8 @@ class Paginator:
             gap = aimed.first_gap(reading.need)
             if gap is None:
                 return
+            if inflight and reading.stop_at is not None and gap > self._estimate(reading.stop_at):
+                return  # probably past the window's end: wait for what is in flight to tell
             total = self.total
             number = (total - 1 - gap) // self.per_page + 1
             numbers = [number, number + misses[gap]] if gap in misses else [number]
@@ -371,6 +373,17 @@ class Paginator:
                 if n >= 1:
                     inflight[self._submit(n)] = (gap, total)
             aimed.add(gap, total - (number - 1) * self.per_page)
+
+    def _estimate(self, moment: datetime) -> int:
+        """Where the first call starting at `moment` probably sits (a page beyond, to be safe),
+        interpolated on time between the nearest known marks."""
+        assert self.total is not None
+        low, high = self.positions.bracket(moment, -1, self.total)
+        t_low, t_high = self.positions.time_at(low), self.positions.time_at(high)
+        if t_low is None or t_high is None or t_high <= t_low:
+            return high
+        fraction = (moment - t_low) / (t_high - t_low)
+        return low + round(fraction * (high - low)) + self.per_page
 
     def _submit(self, number: int) -> Future[Page]:
         if self.executor is not None:

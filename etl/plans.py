@@ -88,6 +88,8 @@ def backfill_plan(paginator: Paginator, since: datetime, until: datetime) -> Pla
     """What `etl backfill` reads: bisect to `since`, then page toward newer calls until `until`."""
     total = paginator.total or 0
     low, _ = paginator.seek(since)
-    plan = Plan("backfill", Coverage([(low + 1, total)]), Window(since, until), None, 0, until)
+    # What the bisection saw may already bound the window's end; no request is spent on it.
+    _, end = paginator.positions.bracket(until, low, total)
+    plan = Plan("backfill", Coverage([(low + 1, end)]), Window(since, until), None, 0, until)
     plan.total_count = total
     return plan
