@@ -584,6 +584,16 @@ class Bench:
             return f"PostgreSQL error: {type(exc).__name__}"
         return None
 
+    def target_url(self, scenario: str, target: str, sqlite_name: str) -> str | None:
+        """A fresh database of the kind named, or None after adding a row that says why not."""
+        if target != "PostgreSQL":
+            return self.sqlite_url(sqlite_name)
+        problem = "PostgreSQL unreachable" if self.pg_version is None else self.pg_fresh()
+        if problem:
+            self.add(Row(scenario, target, note=problem))
+            return None
+        return self.pg_url
+
     def check_stored(self, row: Row, url: str, expected: int) -> None:
         if row.note.startswith("FAILED"):
             return
@@ -608,17 +618,9 @@ class Bench:
             api = {"concurrency": A_CONCURRENCY}
             for target in ("SQLite", "PostgreSQL"):
                 scenario = f"{label}: etl sync --jobs 2, concurrency {A_CONCURRENCY}"
-                if target == "PostgreSQL":
-                    if self.pg_version is None:
-                        self.add(Row(scenario, target, note="PostgreSQL unreachable"))
-                        continue
-                    problem = self.pg_fresh()
-                    if problem:
-                        self.add(Row(scenario, target, note=problem))
-                        continue
-                    url = self.pg_url
-                else:
-                    url = self.sqlite_url("a-etl")
+                url = self.target_url(scenario, target, "a-etl")
+                if url is None:
+                    continue
                 config = self.workdir / f"a-{target}.toml"
                 env = write_config(config, sim.base_url, sim.accounts, url, api)
                 progress(f"{scenario} -> {target}")
@@ -639,17 +641,9 @@ class Bench:
                 if self.dlt is None:
                     self.add(Row(scenario, target, note="not installed"))
                     continue
-                if target == "PostgreSQL":
-                    if self.pg_version is None:
-                        self.add(Row(scenario, target, note="PostgreSQL unreachable"))
-                        continue
-                    problem = self.pg_fresh()
-                    if problem:
-                        self.add(Row(scenario, target, note=problem))
-                        continue
-                    url = self.pg_url
-                else:
-                    url = self.sqlite_url("a-dlt")
+                url = self.target_url(scenario, target, "a-dlt")
+                if url is None:
+                    continue
                 progress(f"{scenario} -> {target}")
                 reload = f"{label}: re-load, dlt rest_api (merge, same calls again)"
                 for name, limit in ((scenario, 1800.0), (reload, self.dlt_reload_timeout)):
