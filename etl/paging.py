@@ -183,9 +183,11 @@ class Paginator:
         executor: Executor | None = None,
         positions: Positions | None = None,
         max_stalls: int = 8,
+        label: str | None = None,
     ) -> None:
         self._fetch = fetch
         self.account_id = account_id
+        self.label = label or account_id  # how logs name the account
         self.per_page = per_page
         self.concurrency = max(1, concurrency)
         self.executor = executor if self.concurrency > 1 else None
@@ -226,7 +228,7 @@ class Paginator:
         if page.per_page < self.per_page:
             log.info(
                 "server caps per_page",
-                extra={"account": self.account_id, "event": "per_page", "per_page": page.per_page},
+                extra={"account": self.label, "event": "per_page", "per_page": page.per_page},
             )
             self.per_page = page.per_page
         self._check(page)

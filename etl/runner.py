@@ -190,6 +190,7 @@ class AccountRun:
             paginator = Paginator(
                 client.fetch_page, account_id, per_page=api.per_page,
                 concurrency=api.concurrency, executor=executor, positions=positions,
+                label=self.account.name,
             )
             head = paginator.head()
             plan = self._plan(paginator, state, stored_open, force_full)

@@ -133,7 +133,7 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3
     open_seqs = sorted({s for u in open_uuids if (s := positions.seq_of(u)) is not None
                         and s < state.synced_seq})
     paginator = Paginator(client.fetch_page, account_id, per_page=client.api.per_page,
-                          positions=positions)
+                          positions=positions, label=name)
     frontier = state.synced_seq
     for _ in range(attempts):
         try:
