@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import threading
 import time
@@ -25,7 +24,6 @@ from .runner import AccountResult, Job, run_accounts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
-log = logging.getLogger("etl.cli")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -154,12 +152,11 @@ def migrate(settings: Settings) -> None:
         click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}")
 
 
-def _report(settings: Settings, results: list[AccountResult]) -> int:
-    failed = [r for r in results if r.outcome == "failed"]
-    skipped = [r for r in results if r.outcome == "skipped"]
-    if failed:
+def _exit_code(results: list[AccountResult]) -> int:
+    outcomes = {r.outcome for r in results}
+    if "failed" in outcomes:
         return EXIT_FAILED
-    if skipped:
+    if "skipped" in outcomes:
         return EXIT_LOCKED
     return EXIT_OK
 
@@ -226,7 +223,7 @@ def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wai
         engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
         on_result=lambda r: _print_result(settings, r, progress),
     )
-    sys.exit(_report(settings, results))
+    sys.exit(_exit_code(results))
 
 
 def run_options(func: F) -> F:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, select, tuple_
-from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .paging import Mark
@@ -150,17 +150,17 @@ def _direct_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
 
 
 def _upsert_statement(conn: Connection) -> Any:
+    """SQLAlchemy's upsert, for the dialects without a hand-written path."""
     dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql", "duckdb"):
-        module = sqlite if dialect == "sqlite" else postgresql
-        stmt = module.insert(calls)
-        return stmt.on_conflict_do_update(
+    if dialect == "postgresql":  # with a driver other than psycopg 3
+        pg = postgresql.insert(calls)
+        return pg.on_conflict_do_update(
             index_elements=[calls.c.call_uuid],
-            set_={name: stmt.excluded[name] for name in _UPDATED},
+            set_={name: pg.excluded[name] for name in _UPDATED},
         )
     if dialect in ("mysql", "mariadb"):
-        stmt = mysql.insert(calls)
-        return stmt.on_duplicate_key_update({name: stmt.inserted[name] for name in _UPDATED})
+        my = mysql.insert(calls)
+        return my.on_duplicate_key_update({name: my.inserted[name] for name in _UPDATED})
     raise NotImplementedError(f"no upsert for the {dialect} dialect")
 
 
@@ -201,23 +201,13 @@ def save_rejects(
 
 
 def save_marks(conn: Connection, account_id: str, marks: Sequence[Mark]) -> None:
-    if not marks:
-        return
-    seqs = [m.seq for m in marks]
-    existing = set(
-        conn.execute(
-            select(call_positions.c.seq).where(
-                and_(call_positions.c.account_id == account_id, call_positions.c.seq.in_(seqs))
-            )
-        ).scalars()
-    )
-    new = [
-        {"account_id": account_id, "seq": m.seq, "call_uuid": m.call_uuid, "start_time": m.start_time}
-        for m in marks
-        if m.seq not in existing
-    ]
-    if new:
-        conn.execute(call_positions.insert(), new)
+    """Insert new position marks; `Positions` hands each one over exactly once."""
+    if marks:
+        conn.execute(call_positions.insert(), [
+            {"account_id": account_id, "seq": m.seq, "call_uuid": m.call_uuid,
+             "start_time": m.start_time}
+            for m in marks
+        ])
 
 
 def load_marks(conn: Connection, account_id: str) -> list[Mark]:

@@ -92,6 +92,7 @@ class Positions:
         self._marks: dict[int, Mark] = {m.seq: m for m in marks}
         self._seqs = sorted(self._marks)
         self._by_uuid: dict[str, int] = {m.call_uuid: m.seq for m in marks}
+        self._saved = set(self._marks)  # in the database, or about to be (in `new`)
         self.new: list[Mark] = []
 
     def __len__(self) -> int:
@@ -104,13 +105,14 @@ class Positions:
         return self._by_uuid.get(call_uuid)
 
     def add(self, mark: Mark, *, persist: bool = True) -> None:
-        if mark.seq in self._marks:
-            return
-        self._marks[mark.seq] = mark
-        bisect.insort(self._seqs, mark.seq)
-        self._by_uuid[mark.call_uuid] = mark.seq
-        if persist:
-            self.new.append(mark)
+        """Learn a mark; `persist` also queues it for saving (once) with the next batch."""
+        if mark.seq not in self._marks:
+            self._marks[mark.seq] = mark
+            bisect.insort(self._seqs, mark.seq)
+            self._by_uuid[mark.call_uuid] = mark.seq
+        if persist and mark.seq not in self._saved:
+            self._saved.add(mark.seq)
+            self.new.append(self._marks[mark.seq])
 
     def take_new(self) -> list[Mark]:
         marks, self.new = self.new, []
@@ -203,22 +205,17 @@ class Paginator:
 
     def head(self) -> Page:
         """Read page 1: it tells the list's size and the page size the server grants."""
-        page = self._read([1])[0]
-        return page
+        return self._read(1)
 
     def page_for(self, seq: int) -> int:
         assert self.total is not None
         return (self.total - 1 - seq) // self.per_page + 1
 
-    def _read(self, numbers: list[int]) -> list[Page]:
-        asked = self.per_page
-        if self.executor is not None and len(numbers) > 1:
-            pages = list(self.executor.map(lambda n: self._fetch(n, asked), numbers))
-        else:
-            pages = [self._fetch(n, asked) for n in numbers]
-        for page in pages:
-            self._account_for(page)
-        return pages
+    def _read(self, number: int) -> Page:
+        """One page, now, in this thread (the head and bisection probes)."""
+        page = self._fetch(number, self.per_page)
+        self._account_for(page)
+        return page
 
     def _account_for(self, page: Page) -> None:
         """Learn the list's size and the granted page size from a page, and check it."""
@@ -296,14 +293,13 @@ class Paginator:
             return max(low + 1, min(high - 1, middle))
         fraction = (moment - t_low) / (t_high - t_low)
         guess = low + round(fraction * (high - low))
-        # aim half a page off the guess so one read can bracket it from either side
         return max(low + 1, min(high - 1, guess))
 
     def _cached_read(self, number: int) -> Page:
         for page, _ in self._cache.values():
             if page.number == number and page.total_count == self.total:
                 return page
-        return self._read([number])[0]
+        return self._read(number)
 
     # -- covering ranges -------------------------------------------------------------------
 
@@ -318,8 +314,8 @@ class Paginator:
     ) -> Iterator[Batch]:
         """Read every position in `need`, yielding each page's rows in a Batch.
 
-        Up to `concurrency` requests stay in flight: while one page's batch is being loaded,
-        the next pages are already on their way. `frontier_from`: report in each batch the
+        `concurrency` requests stay in flight and as many more wait queued: while one page's
+        batch is being loaded, the next pages are already on their way. `frontier_from`: report in each batch the
         first position from there on not yet read (what a sync may commit as done).
         `stop_at`: positions whose call starts at or after it are not needed (a backfill's
         `until`). `first`: an already read page to use.

@@ -104,7 +104,6 @@ class AccountRun:
         run_id: str,
         *,
         progress: Progress | None = None,
-        client_factory: Callable[[Account], VoxClient] | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -112,11 +111,7 @@ class AccountRun:
         self.job = job
         self.run_id = run_id
         self.progress = progress
-        self.client_factory = client_factory or self._client
         self.result = AccountResult(account.name, account.auth_id)
-
-    def _client(self, account: Account) -> VoxClient:
-        return VoxClient(account, self.config.api, account.token())
 
     def run(self, *, wait: bool = False) -> AccountResult:
         started = time.monotonic()
@@ -135,7 +130,7 @@ class AccountRun:
                       self.account.auth_id, self.account.name)
             client: VoxClient | None = None
             try:
-                client = self.client_factory(self.account)
+                client = VoxClient(self.account, self.config.api, self.account.token())
                 self._execute(client)
                 self.result.outcome = "ok"
             except Exception as exc:

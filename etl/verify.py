@@ -27,7 +27,7 @@ from .client import VoxClient
 from .errors import ListingError
 from .loader import load_marks
 from .paging import Coverage, Paginator, Positions
-from .records import KNOWN_DIRECTIONS, KNOWN_STATUSES, OPEN_STATUSES, CallRow, parse_call
+from .records import KNOWN_DIRECTIONS, KNOWN_STATUSES, OPEN_STATUSES
 from .schema import calls, rejects
 from .state import read_state
 
@@ -81,17 +81,23 @@ def _snapshot(paginator: Paginator, client: VoxClient, frontier: int, open_seqs:
     seen = {}
     for seq, record in records.items():
         if seq >= frontier or seq in open_seqs:
-            item = parse_call(record, "")
-            key = item.call_uuid if isinstance(item, CallRow) else f"#{seq}"
-            status = record.get("status") if isinstance(record, dict) else None
-            direction = record.get("direction") if isinstance(record, dict) else None
-            seen[key or f"#{seq}"] = (status, direction)
+            uuid, status, direction = _fields(record)
+            seen[uuid or f"#{seq}"] = (status, direction)
     head_records = [records[s] for s in sorted(records) if s >= frontier]
     return total, seen, head_records
 
 
 class _Moved(Exception):
     pass
+
+
+def _fields(record: Any) -> tuple[str | None, Any, Any]:
+    """A raw record's call_uuid (if it has a usable one), status and direction."""
+    if not isinstance(record, dict):
+        return None, None, None
+    uuid = record.get("call_uuid")
+    return (uuid if isinstance(uuid, str) and uuid else None,
+            record.get("status"), record.get("direction"))
 
 
 def _api_counts(client: VoxClient) -> dict[str, int]:
@@ -152,11 +158,9 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3
     api_side: Counter[str] = Counter(api)
     head_uuids = set()
     for record in head_records:
-        status = record.get("status") if isinstance(record, dict) else None
-        direction = record.get("direction") if isinstance(record, dict) else None
+        uuid, status, direction = _fields(record)
         _bucket(api_side, status, direction, -1)
-        uuid = record.get("call_uuid") if isinstance(record, dict) else None
-        if isinstance(uuid, str):
+        if uuid is not None:
             head_uuids.add(uuid)
     result.arrived_since_sync = len(head_records)
     for uuid in open_uuids:
@@ -183,11 +187,9 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3
             record = json.loads(text)
         except ValueError:
             record = None
-        if isinstance(record, dict) and record.get("call_uuid") in head_uuids:
-            continue
-        status = record.get("status") if isinstance(record, dict) else None
-        direction = record.get("direction") if isinstance(record, dict) else None
-        _bucket(ours, status, direction)
+        uuid, status, direction = _fields(record)
+        if uuid not in head_uuids:
+            _bucket(ours, status, direction)
 
     measures = ["total", *(f"status={s}" for s in KNOWN_STATUSES), "status=(other)",
                 *(f"direction={d}" for d in KNOWN_DIRECTIONS), "direction=(other)"]
