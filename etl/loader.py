@@ -84,6 +84,19 @@ def _sqlite_text(moment: datetime | None) -> str | None:
     return moment.isoformat(" ", "microseconds")[:26]  # drop the "+00:00"
 
 
+def _sqlite_time(row: CallRow, key: str, moment: datetime | None) -> str | None:
+    """`_sqlite_text(moment)`, cut straight from the text received when that is the plain
+    `YYYY-MM-DDTHH:MM:SSZ` the parser read it from: formatting a datetime costs about
+    1 µs, three times per call."""
+    text = row.raw.get(key)
+    if (
+        moment is not None and type(text) is str and len(text) == 20 and text[19] == "Z"
+        and text[10] == "T" and text[4] == "-" == text[7] and text[13] == ":" == text[16]
+    ):
+        return f"{text[:10]} {text[11:19]}.000000"
+    return _sqlite_text(moment)
+
+
 _SQLITE_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE call_uuid IN "
 _SQLITE_UPSERT = (
     f"INSERT INTO calls ({', '.join(_ALL)}) VALUES ({', '.join('?' for _ in _ALL)}) "
@@ -101,8 +114,9 @@ def _sqlite_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
     for uuid, row in latest.items():
         wanted[uuid] = (
             uuid, row.account_id, row.from_number, row.to_number, row.direction, row.status,
-            row.end_reason, row.duration, _sqlite_text(row.start_time),
-            _sqlite_text(row.answer_time), _sqlite_text(row.end_time), row.raw_json,
+            row.end_reason, row.duration, _sqlite_time(row, "start_time", row.start_time),
+            _sqlite_time(row, "answer_time", row.answer_time),
+            _sqlite_time(row, "end_time", row.end_time), row.raw_json,
         )
     counts = LoadCounts()
     unchanged: set[str] = set()
@@ -141,22 +155,27 @@ _PG_ARRAYS = ", ".join(
     for name in _COLUMNS
 )
 _PG_ROW = ", ".join(f"{{0}}.{name}" for name in _COLUMNS[1:])
+# `same` per incoming row: NULL when the call is not stored, else whether every value is equal.
+# A correlated lookup, so it is an index probe per row whatever the planner believes about the
+# table's size (a join planned on a first load's stale statistics scans the whole table).
 _PG_UPSERT = f"""
 WITH incoming AS (
     SELECT * FROM unnest({_PG_ARRAYS}) AS t({", ".join(_COLUMNS)})
-), stored AS (
-    SELECT c.call_uuid, ({_PG_ROW.format("c")}) IS NOT DISTINCT FROM ({_PG_ROW.format("i")}) AS same
-    FROM incoming i JOIN calls c ON c.call_uuid = i.call_uuid
+), compared AS (
+    SELECT i.*, (
+        SELECT ({_PG_ROW.format("c")}) IS NOT DISTINCT FROM ({_PG_ROW.format("i")})
+        FROM calls c WHERE c.call_uuid = i.call_uuid
+    ) AS same
+    FROM incoming i
 ), written AS (
     INSERT INTO calls ({", ".join(_ALL)})
-    SELECT i.*, %b::timestamptz, %b::timestamptz
-    FROM incoming i LEFT JOIN stored s ON s.call_uuid = i.call_uuid
-    WHERE s.same IS NOT TRUE
+    SELECT {", ".join(_COLUMNS)}, %b::timestamptz, %b::timestamptz FROM compared
+    WHERE same IS NOT TRUE
     ON CONFLICT (call_uuid) DO UPDATE SET {_SET}
-    RETURNING 1
 )
-SELECT count(*) FILTER (WHERE same), count(*) FILTER (WHERE NOT same), (SELECT count(*) FROM written)
-FROM stored
+SELECT count(*) FILTER (WHERE same IS NULL), count(*) FILTER (WHERE NOT same),
+       count(*) FILTER (WHERE same)
+FROM compared
 """
 
 
@@ -177,10 +196,10 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
             [r.start_time for r in chunk], [r.answer_time for r in chunk],
             [r.end_time for r in chunk], [r.raw_json for r in chunk],
         )
-        same, changed, written = conn.exec_driver_sql(_PG_UPSERT, (*arrays, now, now)).one()
-        counts.unchanged += same
+        new, changed, same = conn.exec_driver_sql(_PG_UPSERT, (*arrays, now, now)).one()
+        counts.new += new
         counts.updated += changed
-        counts.new += written - changed
+        counts.unchanged += same
     return counts
 
 

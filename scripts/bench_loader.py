@@ -81,9 +81,12 @@ def decode(raw: list[bytes]) -> tuple[list[Page], float]:
     return pages, time.perf_counter() - start
 
 
-def load(engine: Engine, pages: list[Page], per_tx: int, account_id: str) -> tuple[float, LoadCounts]:
-    """The loading thread's work for every page, in transactions of `per_tx` pages."""
+def load(engine: Engine, pages: list[Page], per_tx: int,
+         account_id: str) -> tuple[float, float, LoadCounts]:
+    """The loading thread's work for every page, in transactions of `per_tx` pages; returns its
+    wall time, its own CPU time (without the database server's) and the counts."""
     total = LoadCounts()
+    cpu = time.thread_time()
     start = time.perf_counter()
     for first in range(0, len(pages), per_tx):
         group = pages[first : first + per_tx]
@@ -98,7 +101,7 @@ def load(engine: Engine, pages: list[Page], per_tx: int, account_id: str) -> tup
             return counts
 
         total += in_transaction(engine, work)
-    return time.perf_counter() - start, total
+    return time.perf_counter() - start, time.thread_time() - cpu, total
 
 
 def fresh_engine(target: str, workdir: Path) -> Engine:
@@ -124,8 +127,10 @@ def fresh_engine(target: str, workdir: Path) -> Engine:
     return engine
 
 
-def row(target: str, what: str, calls: int, per_tx: int, seconds: float, counts: LoadCounts) -> str:
+def row(target: str, what: str, calls: int, per_tx: int, seconds: float, cpu: float,
+        counts: LoadCounts) -> str:
     return (f"| {target} | {what} | {per_tx} | {calls:,} | {seconds:.3f} | {seconds / calls * 1e6:.1f} "
+            f"| {cpu / calls * 1e6:.1f} "
             f"| {calls / seconds:,.0f} | new={counts.new} updated={counts.updated} "
             f"unchanged={counts.unchanged} |")
 
@@ -164,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"decode (`_page_from`, on the fetch threads in `etl sync`): {decode_s / calls * 1e6:.1f} µs per call",
             "",
-            "| target | load | pages/transaction | calls | seconds | µs per call | calls/s | counts |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            "| target | load | pages/transaction | calls | seconds | µs per call (wall) "
+            "| µs per call (thread CPU) | calls/s | counts |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         ]
         print("\n".join(lines), flush=True)
         failed = False
@@ -174,17 +180,17 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     engine = fresh_engine(target, workdir)
                 except Exception as exc:  # a missing server: say so, go on
-                    print(f"| {target} | - | {per_tx} | - | - | - | - | not run: {type(exc).__name__}: "
+                    print(f"| {target} | - | {per_tx} | - | - | - | - | - | not run: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120]} |", flush=True)
                     failed = True
                     break
-                runs: list[tuple[str, Callable[[], tuple[float, LoadCounts]]]] = [
+                runs: list[tuple[str, Callable[[], tuple[float, float, LoadCounts]]]] = [
                     ("first load", lambda: load(engine, pages, per_tx, account_id)),
                     ("re-load, unchanged", lambda: load(engine, pages, per_tx, account_id)),
                 ]
                 for what, run in runs:
-                    seconds, counts = run()
-                    print(row(target, what, calls, per_tx, seconds, counts), flush=True)
+                    seconds, cpu, counts = run()
+                    print(row(target, what, calls, per_tx, seconds, cpu, counts), flush=True)
                 engine.dispose()
     return 1 if failed else 0
 
