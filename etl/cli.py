@@ -9,18 +9,20 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logs
 from .config import Config, load_config, parse_when
-from .db import describe_url, make_engine
 from .errors import ConfigError, EtlError
-from .migrate import upgrade
-from .runner import AccountResult, Job, run_accounts
+
+# SQLAlchemy, Alembic and requests (about 0.3 s of imports) load only when a command needs
+# them, so `--help`, `--version` and usage errors answer at once.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from .runner import AccountResult, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -41,6 +43,8 @@ class Settings:
         return config
 
     def engine(self, config: Config) -> Engine:
+        from .db import make_engine
+
         return make_engine(config.database_url)
 
 
@@ -61,20 +65,25 @@ def reports_errors(func: F) -> F:
             fail(str(exc), EXIT_USAGE)
         except EtlError as exc:
             fail(str(exc), EXIT_FAILED)
-        except SQLAlchemyError as exc:
-            if settings.verbosity > 0:
-                raise
-            orig = getattr(exc, "orig", None) or exc
-            first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            fail(f"database error: {first}", EXIT_FAILED)
         except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
             if settings.verbosity > 0:
                 raise
+            if _is_database_error(exc):
+                orig = getattr(exc, "orig", None) or exc
+                first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+                fail(f"database error: {first}", EXIT_FAILED)
             fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)", EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Whether `exc` is SQLAlchemy's, without importing SQLAlchemy: if it was never imported,
+    no database error can have been raised."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 class WhenType(click.ParamType):
@@ -142,6 +151,9 @@ def migrate(settings: Settings) -> None:
     Example:
       etl --database-url sqlite:///calls.db migrate
     """
+    from .db import describe_url
+    from .migrate import upgrade
+
     config = settings.config(require_file=False)
     engine = settings.engine(config)
     before, after = upgrade(engine)
@@ -210,6 +222,9 @@ class Progress:
 
 
 def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wait: bool) -> None:
+    from .migrate import upgrade
+    from .runner import run_accounts
+
     config = settings.config()
     selected = config.select(accounts)
     if not selected:
@@ -254,6 +269,8 @@ def sync(settings: Settings, accounts: tuple[str, ...], jobs: int, wait: bool, f
       etl sync --account acme --account globex
       etl --log-format json sync --jobs 4
     """
+    from .runner import Job
+
     _run(settings, accounts, Job("sync", full=full), jobs, wait)
 
 
@@ -277,6 +294,8 @@ def backfill(settings: Settings, since: datetime, until: datetime, accounts: tup
     """
     if until <= since:
         raise ConfigError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+    from .runner import Job
+
     _run(settings, accounts, Job("backfill", since=since, until=until), jobs, wait)
 
 
@@ -291,6 +310,7 @@ def status(settings: Settings, as_json: bool) -> None:
     Example:
       etl status --json | jq '.accounts[] | select(.last_outcome != "ok")'
     """
+    from .migrate import upgrade
     from .state import account_status
 
     config = settings.config(require_file=False)
@@ -344,6 +364,7 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
       etl verify --account acme
     """
     from .client import VoxClient
+    from .migrate import upgrade
     from .verify import reconcile
 
     config = settings.config()

@@ -7,6 +7,10 @@ commit, timed on the one thread that does it, for a first load and for a re-load
     .venv/bin/python scripts/bench_loader.py --pages-per-transaction 1,4,16,64   # batch sizes
     .venv/bin/python scripts/bench_loader.py --profile sqlite  # cProfile of one first load
 
+It also times the command's start-up: `etl --help` and a usage error (`etl sync --jobs 0`),
+each run --startup-runs times as a child process (min and median wall time), the way
+hyperfine would.
+
 How it measures:
   - The simulator generates the calls in this process and renders each page's response body
     (the bytes its HTTP server would send); each body is wrapped in a `requests.Response`
@@ -31,6 +35,8 @@ import os
 import platform
 import pstats
 import shlex
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,12 +141,31 @@ def row(target: str, what: str, calls: int, per_tx: int, seconds: float, cpu: fl
             f"unchanged={counts.unchanged} |")
 
 
+def startup(runs: int) -> list[str]:
+    """Wall time of `etl --help` and of a usage error, each run `runs` times."""
+    etl = Path(sys.executable).with_name("etl")
+    argv0 = [str(etl)] if etl.exists() else [sys.executable, "-m", "etl"]
+    lines = ["| command | runs | min s | median s |", "| --- | ---: | ---: | ---: |"]
+    for args in (["--help"], ["sync", "--jobs", "0"]):
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run([*argv0, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           cwd=PROJECT, check=False)
+            times.append(time.perf_counter() - start)
+        lines.append(f"| `etl {shlex.join(args)}` | {runs} | {min(times):.3f} | "
+                     f"{statistics.median(times):.3f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--targets", default="sqlite,postgresql")
     parser.add_argument("--pages-per-transaction", default="4",
                         help="comma-separated page counts per transaction")
+    parser.add_argument("--startup-runs", type=int, default=20,
+                        help="runs of each start-up command (0: skip)")
     parser.add_argument("--profile", choices=["sqlite", "postgresql"],
                         help="print a cProfile of one first load into this target instead")
     args = parser.parse_args(argv)
@@ -192,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                     seconds, cpu, counts = run()
                     print(row(target, what, calls, per_tx, seconds, cpu, counts), flush=True)
                 engine.dispose()
+    if args.startup_runs > 0:
+        print("\n" + "\n".join(startup(args.startup_runs)), flush=True)
     return 1 if failed else 0
 
 
