@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,15 +98,17 @@ def parse_timestamp(value: str) -> datetime:
     return moment if moment.tzinfo is UTC else moment.replace(tzinfo=UTC)
 
 
-class Received(dict):  # type: ignore[type-arg]
+class Received(dict[str, Any]):
     """A record decoded from a response body, with its exact text there (`text`)."""
 
     __slots__ = ("text",)
     text: str
 
 
-_WS = re.compile(r"[ \t\n\r]*")
-_SCAN = json.JSONDecoder().scan_once
+# JSON's own whitespace, skipped as json.loads skips it; the pattern always matches (maybe empty).
+_WS: Callable[[str, int], re.Match[str]] = re.compile(r"[ \t\n\r]*").match  # type: ignore[assignment]
+# The C scanner json.loads itself runs: (value, end) for the JSON value starting at an index.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 def loads_page(text: str) -> Any:
@@ -125,7 +128,7 @@ class _Unusual(Exception):
 def _split(text: str) -> Any:
     """Walk a top-level object with the standard library's own scanner, slicing each object
     of its `calls` array out of the text as it goes."""
-    ws, scan, end_of = _WS.match, _SCAN, len(text)
+    ws, scan, end_of = _WS, _SCAN, len(text)
     at = ws(text, 0).end()
     if text[at] != "{":
         raise _Unusual
@@ -159,7 +162,7 @@ def _split(text: str) -> Any:
 
 
 def _split_array(text: str, at: int) -> tuple[list[Any], int]:
-    ws, scan = _WS.match, _SCAN
+    ws, scan = _WS, _SCAN
     items: list[Any] = []
     at = ws(text, at + 1).end()
     if text[at] == "]":

@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -209,12 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"{str(exc).splitlines()[0][:120]} |", flush=True)
                     failed = True
                     break
-                runs: list[tuple[str, Callable[[], tuple[float, float, LoadCounts]]]] = [
-                    ("first load", lambda: load(engine, pages, per_tx, account_id)),
-                    ("re-load, unchanged", lambda: load(engine, pages, per_tx, account_id)),
-                ]
-                for what, run in runs:
-                    seconds, cpu, counts = run()
+                for what in ("first load", "re-load, unchanged"):
+                    seconds, cpu, counts = load(engine, pages, per_tx, account_id)
                     print(row(target, what, calls, per_tx, seconds, cpu, counts), flush=True)
                 engine.dispose()
     if args.startup_runs > 0:

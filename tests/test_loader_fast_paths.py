@@ -35,8 +35,8 @@ def _record(uuid: str, **fields: Any) -> dict[str, Any]:
 
 def _body(records_text: list[str], *, pretty: bool = False) -> bytes:
     sep = ",\n   " if pretty else ","
-    pagination = '"pagination":{"page":1,"per_page":100,"total_pages":1,"total_count":%d}' % len(
-        records_text)
+    pagination = ('"pagination":{"page":1,"per_page":100,"total_pages":1,'
+                  f'"total_count":{len(records_text)}}}')
     return ("{ \"calls\" : [ " + sep.join(records_text) + " ] , " + pagination + "}").encode()
 
 
