@@ -155,51 +155,50 @@ _PG_ARRAYS = ", ".join(
     for name in _COLUMNS
 )
 _PG_ROW = ", ".join(f"{{0}}.{name}" for name in _COLUMNS[1:])
-# `same` per incoming row: NULL when the call is not stored, else whether every value is equal.
-# A correlated lookup, so it is an index probe per row whatever the planner believes about the
-# table's size (a join planned on a first load's stale statistics scans the whole table).
+# One round trip per chunk: `known` counts the chunk's calls already stored (a correlated
+# lookup, so an index probe per key whatever the planner believes about the table's size; a
+# join planned on a first load's stale statistics would scan the whole table each time), and
+# the upsert writes a conflicting row only when a value differs. Every part of the statement
+# sees the same snapshot, so `known` counts the rows as they were before it.
 _PG_UPSERT = f"""
-WITH incoming AS (
-    SELECT * FROM unnest({_PG_ARRAYS}) AS t({", ".join(_COLUMNS)})
-), compared AS (
-    SELECT i.*, (
-        SELECT ({_PG_ROW.format("c")}) IS NOT DISTINCT FROM ({_PG_ROW.format("i")})
-        FROM calls c WHERE c.call_uuid = i.call_uuid
-    ) AS same
-    FROM incoming i
+WITH known AS (
+    SELECT count(*) FILTER (WHERE (SELECT true FROM calls c WHERE c.call_uuid = u.id)) AS n
+    FROM unnest(%b::text[]) AS u(id)
 ), written AS (
     INSERT INTO calls ({", ".join(_ALL)})
-    SELECT {", ".join(_COLUMNS)}, %b::timestamptz, %b::timestamptz FROM compared
-    WHERE same IS NOT TRUE
+    SELECT *, %b::timestamptz, %b::timestamptz FROM unnest({_PG_ARRAYS})
     ON CONFLICT (call_uuid) DO UPDATE SET {_SET}
+    WHERE ({_PG_ROW.format("calls")}) IS DISTINCT FROM ({_PG_ROW.format("excluded")})
+    RETURNING 1
 )
-SELECT count(*) FILTER (WHERE same IS NULL), count(*) FILTER (WHERE NOT same),
-       count(*) FILTER (WHERE same)
-FROM compared
+SELECT (SELECT n FROM known), (SELECT count(*) FROM written)
 """
 
 
 def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:
     """PostgreSQL (psycopg 3): one statement per chunk, the same text every time, its rows
     sent as one array per column (`unnest`) in binary, `raw` as the text received. The server
-    compares each row with the stored one and writes only the new and changed ones, so
-    nothing is read back into Python and an unchanged row is not even locked."""
+    compares each conflicting row with the stored one and rewrites it only when a value
+    differs, so nothing is read back into Python. (An unchanged row is locked, as ON CONFLICT
+    does, but keeps its row version and its updated_at.)"""
     counts = LoadCounts()
     rows = list(latest.values())
     for start in range(0, len(rows), 1000):
         chunk = rows[start : start + 1000]
+        uuids = [r.call_uuid for r in chunk]
         arrays = (
-            [r.call_uuid for r in chunk], [r.account_id for r in chunk],
+            uuids, [r.account_id for r in chunk],
             [r.from_number for r in chunk], [r.to_number for r in chunk],
             [r.direction for r in chunk], [r.status for r in chunk],
             [r.end_reason for r in chunk], [r.duration for r in chunk],
             [r.start_time for r in chunk], [r.answer_time for r in chunk],
             [r.end_time for r in chunk], [r.raw_json for r in chunk],
         )
-        new, changed, same = conn.exec_driver_sql(_PG_UPSERT, (*arrays, now, now)).one()
+        known, written = conn.exec_driver_sql(_PG_UPSERT, (uuids, now, now, *arrays)).one()
+        new = len(chunk) - known
         counts.new += new
-        counts.updated += changed
-        counts.unchanged += same
+        counts.updated += written - new
+        counts.unchanged += known - (written - new)
     return counts
 
 
