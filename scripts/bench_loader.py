@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         lines = [
             f"`.venv/bin/python {command}` — Python {platform.python_version()}, "
-            f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"{os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"1-min load average {os.getloadavg()[0]:.2f} before it",
             "",
             f"decode (`_page_from`, on the fetch threads in `etl sync`): {decode_s / calls * 1e6:.1f} µs per call",
             "",
