@@ -275,13 +275,14 @@ def save_rejects(
     for item in items:
         digest = hashlib.sha256(item.record.encode("utf-8", "surrogatepass")).hexdigest()
         fresh.setdefault((item.account_id, digest), item)
-    known = set(
-        conn.execute(
+    known = {
+        (account_id, digest)
+        for account_id, digest in conn.execute(
             select(rejects.c.account_id, rejects.c.record_sha256).where(
                 tuple_(rejects.c.account_id, rejects.c.record_sha256).in_(list(fresh))
             )
-        ).tuples()
-    )
+        )
+    }
     new = [
         {
             "account_id": account_id,

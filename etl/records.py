@@ -26,7 +26,10 @@ _MAX_KEY = 255
 
 @dataclass(frozen=True, slots=True)
 class CallRow:
-    """A call as the `calls` table stores it (timestamps timezone-aware UTC)."""
+    """A call as the `calls` table stores it (timestamps timezone-aware UTC).
+
+    Every other field is derived from `raw` by `parse_call` (the loader relies on it: on
+    SQLite it cuts timestamps' storage text from `raw`'s own strings)."""
 
     call_uuid: str
     account_id: str
