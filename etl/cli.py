@@ -161,7 +161,7 @@ def _exit_code(results: list[AccountResult]) -> int:
     return EXIT_OK
 
 
-def _print_result(settings: Settings, result: AccountResult, progress: Progress | None) -> None:
+def _print_result(settings: Settings, result: AccountResult, progress: ProgressLine | None) -> None:
     if progress is not None:
         progress.clear()
     summary = result.summary()
@@ -169,18 +169,20 @@ def _print_result(settings: Settings, result: AccountResult, progress: Progress 
         line = json.dumps({"event": "summary", **summary})
         click.echo(line)
     elif result.outcome != "ok" or settings.verbosity >= 0:
-        fields = " ".join(
-            f"{k}={summary[k]}"
-            for k in ("new", "updated", "unchanged", "rejected", "requests", "seconds")
-        )
+        keys = ["new", "updated", "unchanged", "rejected", "requests", "seconds"]
+        if result.deleted:
+            keys.insert(4, "deleted")
+        fields = " ".join(f"{k}={summary[k]}" for k in keys)
         click.echo(f"{result.account}: {result.outcome} {fields}")
+    if result.notice and settings.log_format != "json":
+        click.echo(f"etl: {result.account}: {result.notice}", err=True)
     if result.outcome == "failed":
         click.echo(f"etl: error: {result.account}: {result.error}", err=True)
     elif result.outcome == "skipped" and settings.log_format != "json":
         click.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
-class Progress:
+class ProgressLine:
     """A one-line progress display on a terminal; does nothing when stderr is not one."""
 
     def __init__(self, enabled: bool) -> None:
@@ -189,16 +191,17 @@ class Progress:
         self._state: dict[str, tuple[int, int]] = {}
         self._last = 0.0
 
-    def __call__(self, account: str, pages: int, calls: int) -> None:
+    def __call__(self, account: str, calls: int, expected: int | None) -> None:
         if not self.enabled:
             return
         with self._lock:
-            self._state[account] = (pages, calls)
+            self._state[account] = (calls, expected or 0)
             now = time.monotonic()
             if now - self._last < 0.1:
                 return
             self._last = now
-            parts = [f"{name}: {p} pages, {c:,} calls" for name, (p, c) in self._state.items()]
+            parts = [f"{name}: {c:,}" + (f"/{e:,}" if e else "") + " calls"
+                     for name, (c, e) in self._state.items()]
             sys.stderr.write("\r\033[K" + " | ".join(parts)[:200])
             sys.stderr.flush()
 
@@ -218,7 +221,7 @@ def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wai
         account.token()  # a missing token is a configuration error, before any request
     engine = settings.engine(config)
     upgrade(engine)
-    progress = Progress(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
+    progress = ProgressLine(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
     results = run_accounts(
         engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
         on_result=lambda r: _print_result(settings, r, progress),
@@ -304,12 +307,12 @@ def status(settings: Settings, as_json: bool) -> None:
     if not rows:
         click.echo("no accounts synced yet")
         return
-    headers = ["account", "auth_id", "last success", "watermark", "calls", "open", "rejects",
-               "last run", "error"]
+    headers = ["account", "auth_id", "last success", "watermark", "window from", "calls", "open",
+               "deleted", "rejects", "last run", "error"]
     table = [
         [r.account_name, r.account_id, _when(r.last_success_at), _when(r.watermark),
-         f"{r.calls:,}", str(r.open_calls), str(r.rejects), r.last_outcome or "-",
-         (r.last_error or "")[:60]]
+         _when(r.window_start), f"{r.calls:,}", str(r.open_calls), str(r.deleted_calls),
+         str(r.rejects), r.last_outcome or "-", (r.last_error or "")[:60]]
         for r in rows
     ]
     click.echo(_table(headers, table))
@@ -358,7 +361,7 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     for account in selected:
         client = VoxClient(account, config.api, account.token())
         try:
-            result = reconcile(engine, client, account.name)
+            result = reconcile(engine, client, account.name, start_date=config.sync.start_date)
         except EtlError as exc:
             failed = True
             click.echo(f"etl: error: {account.name}: {exc}", err=True)

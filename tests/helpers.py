@@ -10,7 +10,7 @@ from etl.records import CallRow, parse_call
 from etl.schema import calls
 from etl.simulator import Simulator
 
-COLUMNS = [c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at")]
+COLUMNS = [c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at", "deleted_at")]
 
 
 def stored_rows(engine: Engine, account_id: str | None = None) -> dict[str, dict[str, Any]]:
