@@ -133,7 +133,7 @@ class SimulatorConfig:
         if not self.window_seconds > 0:
             raise ValueError("window_seconds must be > 0")
         if not self.late_max_age_s >= 1:
-            raise ValueError("late_max_age_s must be >= 1")
+            raise ValueError("late_max_age_s must be at least 1 second")
         if self.retry_after_format not in RETRY_AFTER_FORMATS:
             raise ValueError(f"retry_after_format must be one of {', '.join(RETRY_AFTER_FORMATS)}")
         if self.rate_headers not in RATE_HEADERS:
@@ -149,6 +149,20 @@ class SimulatorConfig:
         if self.rate_burst is not None:
             return float(self.rate_burst)
         return max(1.0, min(10.0, self.rate_limit / 5))
+
+
+def parse_rate_window(text: str) -> tuple[int, float]:
+    """"300/5" or "300/5s" -> (300, 5.0): a fixed window of 300 requests per 5 seconds."""
+    limit, slash, seconds = str(text).strip().partition("/")
+    try:
+        if not slash:
+            raise ValueError
+        n, window = int(limit), float(seconds.strip().removesuffix("s"))
+    except ValueError:
+        raise ValueError(f"expected N/SECONDS such as 300/5, got {text!r}") from None
+    if n < 1 or not (math.isfinite(window) and window > 0):
+        raise ValueError(f"expected N >= 1 and SECONDS > 0, got {text!r}")
+    return n, window
 
 
 @dataclasses.dataclass(frozen=True)
