@@ -328,8 +328,8 @@ class CallList:
             raise ValueError("a late call's start_time comes from age_seconds")
         if not age_seconds >= 0:
             raise ValueError("age_seconds must be >= 0")
-        now = int(self.clock())
-        start = int(now - age_seconds)
+        clock = self.clock()
+        now, start = int(clock), math.floor(clock - age_seconds)
         if self.floor >= 0 and start < self.floor >> SEQ_BITS:
             raise ValueError(f"a call {age_seconds:g} s old is older than the window")
         key = self._next_key(start)
