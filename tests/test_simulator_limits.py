@@ -8,6 +8,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -33,8 +34,8 @@ def started() -> Iterator[list[Simulator]]:
         sim.stop()
 
 
-def run(started: list[Simulator], **fields: object) -> Simulator:
-    sim = Simulator(accounts=1, calls=30, seed=21, **fields).start()  # type: ignore[arg-type]
+def run(started: list[Simulator], **fields: Any) -> Simulator:
+    sim = Simulator(accounts=1, calls=30, seed=21, **fields).start()
     started.append(sim)
     return sim
 
