@@ -519,7 +519,10 @@ class CallList:
         low = min(60.0, max_age)
         age = math.exp(self.dyn_rng.uniform(math.log(low), math.log(max_age)))
         oldest = self.oldest_start()
-        if oldest is not None:
+        if oldest is None:
+            if self.floor >= 0:
+                return  # everything has aged out: there is no window to be late in
+        else:
             # Whole seconds, so the call's start second is never before the oldest listed one.
             age = min(age, int(self.clock()) - oldest)
         self.insert_late(max(0.0, age), {})

@@ -124,15 +124,15 @@ class SimulatorConfig:
             raise ValueError("per_page_cap must be >= 1")
         if self.burst_size < 1:
             raise ValueError("burst_size must be >= 1")
-        for name in ("finish_after_s", "retention_days"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ValueError(f"{name} must be >= 0 or None")
-        if self.rate_burst is not None and not self.rate_burst >= 1:
-            raise ValueError("rate_burst must be >= 1 or None")
-        if not self.window_seconds > 0:
-            raise ValueError("window_seconds must be > 0")
-        if not self.late_max_age_s >= 1:
+        if self.finish_after_s is not None and not self.finish_after_s >= 0:
+            raise ValueError("finish_after_s must be >= 0 or None")
+        if self.retention_days is not None and not 0 <= self.retention_days < 1e6:
+            raise ValueError("retention_days must be a number of days >= 0, or None")
+        if self.rate_burst is not None and not 1 <= self.rate_burst < math.inf:
+            raise ValueError("rate_burst must be a number >= 1, or None")
+        if not 0 < self.window_seconds < math.inf:
+            raise ValueError("window_seconds must be a number > 0")
+        if not 1 <= self.late_max_age_s < 1e6 * 86400:
             raise ValueError("late_max_age_s must be at least 1 second")
         if self.retry_after_format not in RETRY_AFTER_FORMATS:
             raise ValueError(f"retry_after_format must be one of {', '.join(RETRY_AFTER_FORMATS)}")
