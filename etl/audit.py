@@ -108,13 +108,18 @@ class Audit:
                 return
             upper, lower = anchors[pair], anchors[pair + 1]
             if lower.count - upper.count <= per_page:
-                # Within about a page: read what lies between, call by call.
+                # Within about a page: read what lies between, call by call, and the seam of
+                # two neighbouring pages through a page of another size that straddles it.
                 settled.add((upper.count, lower.count))
-                for number in range(page_number(upper.count, per_page),
-                                    page_number(lower.count, per_page) + 1):
-                    if number not in (upper.number, lower.number):
-                        self.probes += 1
-                        yield self.reader.read(number)
+                for number in range(page_number(upper.count, per_page) + 1,
+                                    page_number(lower.count, per_page)):
+                    self.probes += 1
+                    yield self.reader.read(number)
+                seam = page_number(lower.count, per_page)
+                if seam != page_number(upper.count, per_page):
+                    size = per_page - 1
+                    self.probes += 1
+                    yield self.reader.read(page_number((seam - 1) * per_page, size), size)
                 continue
             middle = (upper.count + lower.count) // 2
             sheet = self.reader.read(page_number(middle, per_page))

@@ -46,12 +46,15 @@ def merge(intervals: Iterable[Interval]) -> list[Interval]:
     return sorted(out, key=lambda i: i.upper, reverse=True)
 
 
-def chain_interval(top: Sheet, bottom: Sheet) -> Interval | None:
-    """What a chain of pages read from `top` down to `bottom` covers."""
+def chain_interval(top: Sheet, bottom: Sheet, *, head: bool = False) -> Interval | None:
+    """What a chain of pages read from `top` down to `bottom` covers. A chain that ends the
+    list covers its oldest second too; one that starts at page 1 its newest (nothing newer
+    was listed: calls of that second listed later are what `lookback` re-reads)."""
     if top.newest is None or bottom.oldest is None:
         return None
     lower = bottom.oldest - TICK if bottom.is_end else bottom.oldest
-    return Interval(lower, top.newest)
+    upper = top.newest + TICK if head else top.newest
+    return Interval(lower, upper)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,13 @@ import itertools
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from .audit import Audit
-from .coverage import TICK, Gap, Interval, chain_interval, gaps, merge
+from .coverage import TICK, Interval, chain_interval, gaps, merge
 from .records import CallRow, Reject
 from .seek import Seeker
 from .sheets import Sheet, Span, page_number, span_of
@@ -35,6 +35,8 @@ log = logging.getLogger("etl.plans")
 # A stretch of fewer pages than this is read by one walk: splitting it costs more
 # (one extra page where two walks meet) than it saves.
 PAGES_PER_WALK = 8
+Stop = Callable[[Sheet], bool]
+
 # Calls remembered to tell a page read twice from a new one (about 40 pages' worth).
 _RECENT = 4000
 
@@ -143,24 +145,27 @@ class Extraction:
             last_page = bottom.number
         else:
             last_page = page_number(head.total_count - 1, self.reader.per_page)
-        yield from self._walk_stretches([(head, last_page, Gap(None, self.start_date))])
+        yield from self._walk_stretches([(head, last_page, self._stopper(self.start_date))])
 
     def _incremental(self, head: Sheet) -> Iterator[Batch]:
         state = self.state
         assert state is not None
         floor = _latest(self.start_date, state.window_start)
         todo = gaps(self.covered, lookback=self.lookback, floor=floor)
-        stretches: list[tuple[Sheet, int, Gap]] = []
+        stretches: list[tuple[Sheet, int, Stop]] = []
         for gap in todo:
+            stop = self._stopper(gap.before)
             if gap.after is None:
                 start = head
+                stop = self._head_stopper(gap.before, state.watermark)
             else:
                 start = self.seeker.page_at(gap.after + TICK, head)
                 yield self._batch(start, covering=True)
-            if self._below(start, gap.before) or start.is_end:
+            if stop(start) or start.is_end:
                 continue
             end_rank = self._rank_of(gap.before) if gap.before is not None else start.total_count
-            stretches.append((start, page_number(max(end_rank, start.end_rank), self.reader.per_page), gap))
+            last_page = page_number(max(end_rank, start.end_rank), self.reader.per_page)
+            stretches.append((start, last_page, stop))
         self.expected = max(0, head.total_count - self.warehouse.count_since(floor or _EPOCH))
         yield from self._walk_stretches(stretches)
         yield Batch(flush=True)
@@ -194,24 +199,24 @@ class Extraction:
             return
         end_rank = self._rank_of(since)
         last_page = page_number(max(end_rank, start.end_rank), self.reader.per_page)
-        yield from self._walk_stretches([(start, last_page, Gap(until, since))], covering=False)
+        yield from self._walk_stretches([(start, last_page, self._stopper(since))], covering=False)
 
     # -- walking -----------------------------------------------------------------------------
 
-    def _walk_stretches(self, stretches: list[tuple[Sheet, int, Gap]], *,
+    def _walk_stretches(self, stretches: list[tuple[Sheet, int, Stop]], *,
                         covering: bool = True) -> Iterator[Batch]:
         """Walk each stretch from the page after `start` to about `last_page`, splitting long
         stretches into walks that run at once."""
         walks: list[Walk] = []
         budget = max(1, 2 * self.reader.concurrency) if self.reader.executor else 1
         total_pages = sum(max(1, last - start.number) for start, last, _ in stretches)
-        for start, last_page, gap in stretches:
+        for start, last_page, stop in stretches:
             pages = max(1, last_page - start.number)
             share = max(1, round(budget * pages / total_pages)) if budget > 1 else 1
             count = max(1, min(share, pages // PAGES_PER_WALK))
             firsts = [start.number + 1 + (i * pages) // count for i in range(count)]
             limit = 3 * math.ceil(pages / count) + 20
-            stretch = [Walk(first, self._stopper(gap.before), limit=limit) for first in firsts]
+            stretch = [Walk(first, stop, limit=limit) for first in firsts]
             stretch[0].above = start
             for upper, lower in itertools.pairwise(stretch):
                 upper.joins = lower
@@ -222,8 +227,23 @@ class Extraction:
             if walk.done and walk.joins is None:
                 self._note_end(sheet)
 
-    def _stopper(self, before: datetime | None):  # type: ignore[no-untyped-def]
+    def _stopper(self, before: datetime | None) -> Stop:
         return lambda sheet: self._below(sheet, before)
+
+    def _head_stopper(self, before: datetime | None, watermark: datetime | None) -> Stop:
+        """From the head down into what the last sync read: past `before`, and past the
+        watermark's own second or onto a call of it already stored (calls that share the
+        watermark's second and arrived since must not be taken for the old ones)."""
+        if watermark is None:
+            return self._stopper(before)
+        ties = self.warehouse.uuids_since(watermark)
+
+        def stop(sheet: Sheet) -> bool:
+            if not self._below(sheet, before):
+                return False
+            assert sheet.oldest is not None
+            return sheet.oldest < watermark or bool(sheet.uuids & ties)
+        return stop
 
     @staticmethod
     def _below(sheet: Sheet, moment: datetime | None) -> bool:
@@ -321,7 +341,7 @@ class Extraction:
         batch = Batch(rows=rows, rejects=rejects, spans=[span] if span else [],
                       seen=list(sheet.uuids), pages=1)
         if covering and self.kind is not Kind.BACKFILL:
-            own = chain_interval(sheet, sheet)
+            own = chain_interval(sheet, sheet, head=sheet.number == 1)
             if own is not None and not any(sheet in w.sheets for w in self.walks):
                 self.covered.append(own)
             batch.coverage = self._coverage()
@@ -342,14 +362,21 @@ class Extraction:
 
     def _coverage(self) -> list[Interval]:
         """The account's coverage with every chain this run has read so far, clipped to the
-        oldest second kept (rows older than `start_date` are not stored)."""
+        oldest second kept (rows older than `start_date` are not stored). Walks that met the
+        walk below them form one chain: their stretches meet by proof, not by time."""
         intervals = list(self.covered)
+        top: Sheet | None = None
         for walk in self.walks:
-            top, bottom = walk.top, walk.last
-            if top is not None and bottom is not None and walk.sheets:
-                interval = chain_interval(top, bottom)
+            if top is None:
+                top = walk.top
+            bottom = walk.last
+            if walk.met and walk.joins is not None and walk.joins.sheets:
+                continue  # the chain goes on through the walk below
+            if top is not None and bottom is not None:
+                interval = chain_interval(top, bottom, head=top.number == 1)
                 if interval is not None:
                     intervals.append(interval)
+            top = None
         if self.start_date is not None:
             floor = self.start_date - TICK
             intervals = [Interval(max(i.lower, floor), i.upper) for i in intervals]

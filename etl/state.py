@@ -303,3 +303,9 @@ class Warehouse:
     def open_calls(self) -> list[tuple[str, datetime]]:
         with self.engine.connect() as conn:
             return open_calls(conn, self.account_id)
+
+    def uuids_since(self, moment: datetime) -> set[str]:
+        """The stored calls (deleted or not) that started at or after `moment`."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(calls.c.call_uuid).where(
+                calls.c.account_id == self.account_id, calls.c.start_time >= moment)).scalars())

@@ -42,6 +42,7 @@ class Walk:
     limit: int = 1_000_000
     sheets: list[Sheet] = field(default_factory=list)
     done: bool = False
+    met: bool = False  # done because it overlapped the first page of the walk below
 
     @property
     def first(self) -> Sheet | None:
@@ -86,7 +87,7 @@ class Reader:
         with self._lock:
             answered = next(self._answers)
             self.pages += 1
-        if page.per_page < self.per_page:
+        if page.per_page < min(per_page, self.per_page):
             log.info("server caps per_page", extra={"event": "per_page", "per_page": page.per_page})
             self.per_page = page.per_page
         sheet = Sheet.read(page, self.account_id, answered)
@@ -98,9 +99,9 @@ class Reader:
             )
         return sheet
 
-    def read(self, number: int) -> Sheet:
+    def read(self, number: int, per_page: int | None = None) -> Sheet:
         """One page, now, in this thread."""
-        return self._read(number, self.per_page)
+        return self._read(number, per_page or self.per_page)
 
     def read_many(self, numbers: list[int]) -> list[Sheet]:
         """Several pages at once; returned in the order asked."""
@@ -146,7 +147,10 @@ class Reader:
     def _advance(self, w: Walk, sheet: Sheet, inflight: dict[Future[Sheet], Walk]) -> None:
         # Each request is sent after the page before it was answered, so `follows` holds.
         w.sheets.append(sheet)
-        if w.stop(sheet) or w.met_below(sheet) or sheet.is_end:
+        if w.met_below(sheet):
+            w.done = w.met = True
+            return
+        if w.stop(sheet) or sheet.is_end:
             w.done = True
             return
         if len(w.sheets) >= w.limit:
