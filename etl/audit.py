@@ -38,8 +38,14 @@ class Anchor:
 
 
 def anchor_of(sheet: Sheet, near: int | None = None) -> Anchor | None:
-    """The page's clean boundary closest to head rank `near` (the deepest one by default)."""
+    """The page's clean boundary closest to head rank `near` (the deepest one by default).
+    The last page has one more, below its oldest call: the whole list started after it; and
+    page 1 one above its newest: nothing listed started after that."""
     boundaries = sheet.boundaries()
+    if sheet.is_end and sheet.oldest is not None:
+        boundaries.append((sheet.oldest - TICK, sheet.total_count))
+    if sheet.number == 1 and sheet.newest is not None:
+        boundaries.insert(0, (sheet.newest, 0))
     if not boundaries:
         return None
     if near is None:
@@ -59,8 +65,8 @@ class Audit:
         self.head = head
         self.tail = tail
         self.label = label
-        pages = max(1, page_number(tail.total_count - 1, reader.per_page))
-        self.max_probes = 2 * math.ceil(math.log2(pages + 1)) + 4
+        self.pages = max(1, page_number(tail.total_count - 1, reader.per_page))
+        self.max_probes = 0
         self.probes = 0
         self.found = False
 
@@ -88,6 +94,9 @@ class Audit:
             if gap == 0 or 0 < gap <= arrived:
                 return
         self.found = True
+        # About log2(pages) pages for each call that differs, never more than the list itself.
+        self.max_probes = min(self.pages + 2,
+                              (abs(gap) + 1) * (math.ceil(math.log2(self.pages + 1)) + 2) + 4)
         log.info("the warehouse and the list differ by %+d call(s) in the window; locating",
                  gap, extra={"account": self.label, "event": "audit", "difference": gap})
         yield from self._bisect([top, bottom])
