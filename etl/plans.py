@@ -208,7 +208,9 @@ class Extraction:
         """Walk each stretch from the page after `start` to about `last_page`, splitting long
         stretches into walks that run at once."""
         walks: list[Walk] = []
-        budget = max(1, 2 * self.reader.concurrency) if self.reader.executor else 1
+        # One walk per connection: each walk keeps one request in flight, and every walk more
+        # costs a page where it meets the next.
+        budget = self.reader.concurrency if self.reader.executor else 1
         total_pages = sum(max(1, last - start.number) for start, last, _ in stretches)
         for start, last_page, stop in stretches:
             pages = max(1, last_page - start.number)

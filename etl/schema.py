@@ -124,7 +124,7 @@ sync_runs = Table(
     Column("account_name", String(255), nullable=False),
     Column("started_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime),
-    Column("outcome", String(16), nullable=False, comment="running, ok, failed, skipped, interrupted or died"),
+    Column("outcome", String(16), nullable=False, comment="running, ok, failed or skipped"),
     Column("pages", Integer, nullable=False, default=0),
     Column("requests", Integer, nullable=False, default=0),
     Column("new", Integer, nullable=False, default=0),

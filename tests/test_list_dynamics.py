@@ -13,26 +13,12 @@ import pytest
 
 from etl.records import parse_timestamp
 from etl.state import read_state
-from tests.helpers import assert_matches_simulator, stored_rows
+from tests.helpers import assert_matches_simulator, assert_window_matches, stored_rows
 from tests.test_exactness import etl  # noqa: F401  (the in-process runner fixture)
 
 
 def _present(sim, auth_id) -> set[str]:
     return {u for u in sim.listed_uuids(auth_id) if u is not None}
-
-
-def assert_window_matches(engine, sim, auth_id):
-    """Within the provider's window the live rows equal the list; older rows are kept."""
-    listed = {c["call_uuid"]: c for c in sim.calls(auth_id)}
-    rows = stored_rows(engine, auth_id)
-    live = {u for u, r in rows.items() if r["deleted_at"] is None}
-    missing = set(listed) - live
-    assert not missing, f"{len(missing)} listed calls not stored (live), e.g. {sorted(missing)[:3]}"
-    oldest = min(parse_timestamp(c["start_time"]) for c in listed.values())
-    extra = {u for u in live - set(listed) if rows[u]["start_time"] > oldest}
-    assert not extra, f"{len(extra)} live rows inside the window that the API does not list"
-    for uuid, call in listed.items():
-        assert rows[uuid]["status"] == call["status"], (uuid, rows[uuid]["status"], call["status"])
 
 
 @pytest.mark.parametrize("ageing", [20, 0], ids=["moving-window", "arrivals-only"])

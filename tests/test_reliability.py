@@ -21,7 +21,7 @@ from etl.records import parse_call, parse_timestamp
 from etl.schema import calls, rejects, sync_runs
 from etl.coverage import Interval
 from etl.state import read_state, save_state
-from tests.helpers import assert_matches_simulator, stored_rows
+from tests.helpers import assert_matches_simulator, assert_window_matches, stored_rows
 
 
 def _popen(proj, *args):
@@ -51,8 +51,9 @@ def _wait_until(predicate, timeout=60.0, process=None):
     raise AssertionError("timed out")
 
 
-def _assert_frontier_is_committed(engine, sim, auth_id):
-    """Every listed call inside the stored coverage is in the table: coverage never ran ahead."""
+def _assert_frontier_is_committed(engine, sim, auth_id, listed_before):
+    """Every call listed before the run and still listed, inside the stored coverage, is in the
+    table: coverage never ran ahead of committed rows."""
     with engine.connect() as conn:
         state = read_state(conn, auth_id)
     if state is None:
@@ -60,39 +61,44 @@ def _assert_frontier_is_committed(engine, sim, auth_id):
     stored = set(stored_rows(engine, auth_id))
     for interval in state.coverage:
         inside = {c["call_uuid"] for c in sim.calls(auth_id)
-                  if interval.lower < parse_timestamp(c["start_time"]) < interval.upper}
+                  if interval.lower < parse_timestamp(c["start_time"]) < interval.upper
+                  and c["call_uuid"] in listed_before}
         missing = inside - stored
         assert not missing, f"{len(missing)} calls inside {interval} are not stored"
     if state.watermark is not None:
         assert state.watermark <= max(r["start_time"] for r in stored_rows(engine, auth_id).values())
 
 
+@pytest.mark.parametrize("ageing", [0, 20], ids=["arrivals", "moving-window"])
 def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
-        simulator, project, database_url, engine_for):
+        simulator, project, database_url, engine_for, ageing):
     sim = simulator(accounts=1, calls=20_000, latency_ms=3, seed=21)
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)
     proj.run("migrate", check=True)
-    sim.set_faults(drift_rate=30)
+    sim.set_faults(drift_rate=30, expire_rate=ageing)
     kills = 0
     for step in (1, 3_000, 4_000, 3_000):
         threshold = _count(engine, auth_id) + step
+        listed_before = set(sim.listed_uuids(auth_id))
         process = _popen(proj, "sync")
         reached = _wait_until(lambda t=threshold: _count(engine, auth_id) >= t, process=process)
         if reached:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait(timeout=60)
-        _assert_frontier_is_committed(engine, sim, auth_id)
+        _assert_frontier_is_committed(engine, sim, auth_id, listed_before)
     assert kills >= 3
     assert proj.run("sync").returncode == 0  # no stale lock blocks it
-    sim.set_faults(drift_rate=0)
+    sim.set_faults(drift_rate=0, expire_rate=0)
     sim.finish_open_calls()
 
     proj.run("sync", check=True)
 
-    assert_matches_simulator(engine, sim)
+    assert_window_matches(engine, sim, auth_id)
+    if not ageing:
+        assert_matches_simulator(engine, sim)
     with engine.connect() as conn:
         outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.started_at)).scalars().all()
     assert outcomes.count("running") == kills  # a killed run shows as never finished
