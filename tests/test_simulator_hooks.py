@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from etl.simulator import Simulator
-from etl.simulator.server import HOOKS
+from etl.simulator.hooks import HOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ The list, as the provider keeps it:
 
 The truth for tests: `listed_uuids`, `deleted`, `expired` (and `calls`, `open_calls`, `stats`,
 `limit_stats`). Layout: `config` (settings), `generate` (records), `calllist` (the list and its
-dynamics), `limits` (faults and rate limits), `account`, `server` (HTTP), `service` (Simulator,
-serve).
+dynamics), `limits` (faults and rate limits), `account` (one account's state), `server` (HTTP),
+`hooks` (the /_sim handlers), `service` (Simulator, serve).
 
 Test hooks over HTTP, for a simulator in another process (`etl simulate`). They live beside
 the API on the same port, outside `/v1`, answer loopback peers only (403 otherwise), are never

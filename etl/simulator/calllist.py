@@ -38,7 +38,6 @@ from .generate import (
 SEQ_BITS = 32
 # The filter columns (status, direction, from, to, by query parameter), then call_uuid.
 ST, DIR, FROM, TO, UUID = range(5)
-N_FILTERS = 4
 
 Row = tuple[Any, Any, Any, Any, Any]
 Filters = list[tuple[int, str]]
