@@ -39,7 +39,8 @@ or call), 405 (wrong method), each `{"error", "message"}`.
     GET  /_sim/truth?auth_id=        {"listed": listed_uuids(), "deleted": deleted(),
                                       "expired": expired(), "oldest_start_time": ...}
     POST /_sim/reset-stats           {}
-    POST /_sim/add-calls             {auth_id, n, open_fraction?, same_second?} -> {"calls"}
+    POST /_sim/add-calls             {auth_id, n, open_fraction?, same_second?, spread_s?}
+                                     -> {"calls"}
     POST /_sim/add-record            {auth_id, record} -> {}
     POST /_sim/late-call             {auth_id, age_seconds, fields?} -> {"call"}
     POST /_sim/set-call              {auth_id, call_uuid, fields} -> {}

@@ -109,6 +109,7 @@ def _add_calls(sim: Simulator, args: dict[str, Any]) -> Any:
         _int(args, "n"),
         open_fraction=_optional_num(args, "open_fraction"),
         same_second=_bool(args, "same_second"),
+        spread_s=_optional_num(args, "spread_s") or 0,
     )
     return {"calls": calls}
 
