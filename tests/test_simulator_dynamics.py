@@ -92,6 +92,22 @@ def test_a_burst_larger_than_a_page_is_split_consistently_across_pages() -> None
         assert again == [c["call_uuid"] for c in listed]
 
 
+def test_a_day_of_arrivals_after_the_clock_moves_a_day(sim: Simulator) -> None:
+    a = auth(sim)
+    before = sim.calls(a)
+    sim.advance_clock(86400)
+    added = sim.add_calls(a, 500, spread_s=86400)
+    assert starts(added) == sorted(starts(added))
+    assert before[0]["start_time"] <= added[0]["start_time"]
+    assert added[-1]["start_time"] <= ts(sim.clock())
+    assert len(set(starts(added))) > 400  # spread out, not a burst
+    listed = sim.calls(a)
+    assert listed == [*reversed(added), *before]
+    assert_sorted(listed)
+    with pytest.raises(ValueError):
+        sim.add_calls(a, 1, same_second=True, spread_s=60)
+
+
 def test_drift_arrives_in_bursts_sharing_one_second() -> None:
     with Simulator(accounts=1, calls=50, seed=9, drift_rate=2000, burst_size=40) as sim:
         a = auth(sim)

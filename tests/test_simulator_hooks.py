@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from etl.simulator import Simulator
-from etl.simulator.server import HOOKS
+from etl.simulator.hooks import HOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +60,11 @@ def test_hooks_change_the_list_as_the_in_process_methods_do(sim: Simulator) -> N
     added = h.post("add-calls", auth_id=a, n=3, same_second=True)["calls"]
     assert {c["start_time"] for c in added} == {head["start_time"]}
     assert api(sim, per_page=4)["calls"] == [*reversed(added), head]
+
+    h.post("clock", seconds=3600)
+    spread = h.post("add-calls", auth_id=a, n=50, spread_s=3600)["calls"]
+    assert len({c["start_time"] for c in spread}) > 10
+    assert api(sim, per_page=50)["calls"] == list(reversed(spread))
 
     late = h.post("late-call", auth_id=a, age_seconds=7200, fields={"status": "busy"})["call"]
     assert late["status"] == "busy" and late in sim.calls(a)

@@ -20,8 +20,8 @@ The list, as the provider keeps it:
 
 The truth for tests: `listed_uuids`, `deleted`, `expired` (and `calls`, `open_calls`, `stats`,
 `limit_stats`). Layout: `config` (settings), `generate` (records), `calllist` (the list and its
-dynamics), `limits` (faults and rate limits), `account`, `server` (HTTP), `service` (Simulator,
-serve).
+dynamics), `limits` (faults and rate limits), `account` (one account's state), `server` (HTTP),
+`hooks` (the /_sim handlers), `service` (Simulator, serve).
 
 Test hooks over HTTP, for a simulator in another process (`etl simulate`). They live beside
 the API on the same port, outside `/v1`, answer loopback peers only (403 otherwise), are never
@@ -39,7 +39,8 @@ or call), 405 (wrong method), each `{"error", "message"}`.
     GET  /_sim/truth?auth_id=        {"listed": listed_uuids(), "deleted": deleted(),
                                       "expired": expired(), "oldest_start_time": ...}
     POST /_sim/reset-stats           {}
-    POST /_sim/add-calls             {auth_id, n, open_fraction?, same_second?} -> {"calls"}
+    POST /_sim/add-calls             {auth_id, n, open_fraction?, same_second?, spread_s?}
+                                     -> {"calls"}
     POST /_sim/add-record            {auth_id, record} -> {}
     POST /_sim/late-call             {auth_id, age_seconds, fields?} -> {"call"}
     POST /_sim/set-call              {auth_id, call_uuid, fields} -> {}

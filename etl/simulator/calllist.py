@@ -38,7 +38,6 @@ from .generate import (
 SEQ_BITS = 32
 # The filter columns (status, direction, from, to, by query parameter), then call_uuid.
 ST, DIR, FROM, TO, UUID = range(5)
-N_FILTERS = 4
 
 Row = tuple[Any, Any, Any, Any, Any]
 Filters = list[tuple[int, str]]
@@ -310,14 +309,25 @@ class CallList:
         """Put an arbitrary record, verbatim, at the head."""
         self._put_head(encode(record), _row(record), parse_ts(record.get("start_time")))
 
-    def arrive(self, n: int, open_fraction: float, same_second: bool = False) -> list[Call]:
-        """n new calls at the head, all starting in one second: now, or with same_second the
-        head's own second (a tie with calls already listed)."""
+    def arrive(
+        self, n: int, open_fraction: float, same_second: bool = False, spread_s: float = 0
+    ) -> list[Call]:
+        """n new calls at the head, oldest first. They start in one second: now, or with
+        same_second the head's own second (a tie with calls already listed); with spread_s,
+        at random seconds over the last spread_s seconds, none before the head's."""
         now = int(self.clock())
-        start = self.newest if same_second and self.newest else max(now, self.newest)
-        out = [arriving_call(self.rng, self.numbers, start, open_fraction) for _ in range(n)]
+        if same_second and spread_s:
+            raise ValueError("same_second and spread_s exclude each other")
+        if spread_s:
+            first = max(self.newest, now - int(spread_s))
+            rnd = self.dyn_rng.random
+            starts = sorted(first + int(rnd() * (now - first + 1)) for _ in range(n))
+        else:
+            start = self.newest if same_second and self.newest else max(now, self.newest)
+            starts = [start] * n
+        out = [arriving_call(self.rng, self.numbers, s, open_fraction) for s in starts]
         for call in out:
-            self._put_head(call.to_json(), _call_row(call), start)
+            self._put_head(call.to_json(), _call_row(call), call.start)
         return out
 
     def insert_late(self, age_seconds: float, fields: dict[str, Any]) -> dict[str, Any]:

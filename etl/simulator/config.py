@@ -152,7 +152,7 @@ class SimulatorConfig:
 
 
 def parse_rate_window(text: str) -> tuple[int, float]:
-    """"300/5" or "300/5s" -> (300, 5.0): a fixed window of 300 requests per 5 seconds."""
+    """ "300/5" or "300/5s" -> (300, 5.0): a fixed window of 300 requests per 5 seconds."""
     limit, slash, seconds = str(text).strip().partition("/")
     try:
         if not slash:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import threading
 import time
@@ -200,20 +201,25 @@ class Simulator:
         *,
         open_fraction: float | None = None,
         same_second: bool = False,
+        spread_s: float = 0,
     ) -> list[dict[str, Any]]:
         """Append n new calls at the head and return them, oldest first.
 
         All n share one start second: now (several calls added at once are a burst), or with
-        same_second the second of the newest call already listed, tying with it.
+        same_second the second of the newest call already listed, tying with it. With
+        spread_s they start at random seconds over the last spread_s seconds instead (never
+        before the newest listed call): a day of arrivals after advance_clock(86400).
         """
         if n < 0:
             raise ValueError("n must be >= 0")
+        if not 0 <= spread_s < math.inf:
+            raise ValueError("spread_s must be a number of seconds >= 0")
         acct = self._account(auth_id)
         frac = self.config.open_fraction if open_fraction is None else open_fraction
         if not 0 <= frac <= 1:
             raise ValueError("open_fraction must be between 0 and 1")
         with acct.lock:
-            return [c.to_dict() for c in acct.list.arrive(n, frac, same_second)]
+            return [c.to_dict() for c in acct.list.arrive(n, frac, same_second, spread_s)]
 
     def add_record(self, auth_id: str, record: dict[str, Any]) -> None:
         """Append an arbitrary record verbatim at the head of the list.
