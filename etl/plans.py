@@ -197,7 +197,9 @@ class Extraction:
         yield self._batch(start)
         if self._below(start, since) or start.is_end:
             return
-        end_rank = self._rank_of(since)
+        end_rank = self.seeker.rank_at(since)
+        if end_rank is None:
+            end_rank = self._rank_of(since)
         last_page = page_number(max(end_rank, start.end_rank), self.reader.per_page)
         yield from self._walk_stretches([(start, last_page, self._stopper(since))], covering=False)
 

@@ -81,6 +81,12 @@ class Seeker:
             halve = (high - low) * 2 > width
         raise ListingError("bisection did not converge; the list is not sorted by start_time")
 
+    def rank_at(self, moment: datetime) -> int | None:
+        """Where `moment` about sits, by interpolation between the pages read so far."""
+        if not self._ranks:
+            return None
+        return self._interpolate(moment, -1, (self.total or 0) + 1)
+
     def _aim(self, moment: datetime, low: int, high: int, halve: bool) -> int:
         """A head rank to probe, strictly inside (low, high)."""
         guess: int | None = None

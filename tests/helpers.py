@@ -54,7 +54,8 @@ def assert_matches_simulator(engine: Engine, sim: Simulator, auth_ids: list[str]
 
 def assert_window_matches(engine, sim, auth_id):
     """Within the provider's window the live rows equal the list; older rows are kept."""
-    listed = {c["call_uuid"]: c for c in sim.calls(auth_id)}
+    listed = {c["call_uuid"]: c for c in sim.calls(auth_id)
+              if isinstance(parse_call(c, auth_id), CallRow)}
     rows = stored_rows(engine, auth_id)
     live = {u for u, r in rows.items() if r["deleted_at"] is None}
     missing = set(listed) - live
