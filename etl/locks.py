@@ -154,16 +154,22 @@ def _get_lock_key(name: str) -> str:
 
 
 def _get_lock(engine: Engine, name: str, wait: bool) -> AccountLock:
-    params = {"k": _get_lock_key(name), "t": -1 if wait else 0}
-    return _server_lock(engine, name, "SELECT GET_LOCK(:k, :t)", "SELECT RELEASE_LOCK(:k)", params)
+    # MariaDB answers NULL at once to a negative ("forever") timeout: wait in slices instead.
+    params = {"k": _get_lock_key(name), "t": 10 if wait else 0}
+    return _server_lock(engine, name, "SELECT GET_LOCK(:k, :t)", "SELECT RELEASE_LOCK(:k)", params,
+                        again=wait)
 
 
 def _server_lock(engine: Engine, name: str, acquire: str, release: str,
-                 params: Mapping[str, object]) -> AccountLock:
-    """A lock held by a dedicated connection: the server frees it if the process dies."""
+                 params: Mapping[str, object], *, again: bool = False) -> AccountLock:
+    """A lock held by a dedicated connection: the server frees it if the process dies.
+    `again`: a 0 answer means the wait timed out; ask again until the lock is granted."""
     conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
-        if not conn.execute(text(acquire), params).scalar():
+        granted = conn.execute(text(acquire), params).scalar()
+        while again and granted == 0:
+            granted = conn.execute(text(acquire), params).scalar()
+        if not granted:
             raise _busy(name)
     except BaseException:
         conn.close()

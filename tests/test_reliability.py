@@ -93,7 +93,8 @@ def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
     assert_matches_simulator(engine, sim)
     with engine.connect() as conn:
         outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.started_at)).scalars().all()
-    assert outcomes.count("running") == kills  # a killed run shows as never finished
+    # A killed run's row is closed as `died` by the next run of the account.
+    assert outcomes.count("died") == kills and "running" not in outcomes
     assert outcomes[-2:] == ["ok", "ok"]
 
 
