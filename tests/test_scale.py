@@ -8,7 +8,7 @@ import itertools
 import json
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import create_engine, make_url, select, text
 
 from etl.migrate import head_revision
 from etl.schema import sync_runs
@@ -18,9 +18,24 @@ from tests.test_reliability import _popen
 
 @pytest.fixture(params=["postgres", "mysql", "sqlite"])
 def shared_url(request, tmp_path):
+    """A new, empty warehouse; on the servers a database of this test's own, so that other
+    tests writing the same simulated accounts into `test` meanwhile cannot disturb it."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'calls.db'}"
-    return request.getfixturevalue(f"{request.param}_url")
+        yield f"sqlite:///{tmp_path / 'calls.db'}"
+        return
+    server = make_url(request.getfixturevalue(f"{request.param}_url"))
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    name = "vox_scale_test"
+    drop = f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if request.param == "postgres" else "")
+    with admin.connect() as conn:
+        conn.execute(text(drop))
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(drop))
+        admin.dispose()
 
 
 def _together(proj, *args, n=3):
