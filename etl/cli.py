@@ -172,17 +172,17 @@ def _print_result(settings: Settings, result: AccountResult, progress: Reporter)
     summary = result.summary()
     if settings.log_format == "json":
         line = json.dumps({"event": "summary", **summary})
-        click.echo(line)
+        progress.echo(line)
     elif result.outcome != "ok" or settings.verbosity >= 0:
         fields = " ".join(
             f"{k}={summary[k]}"
             for k in ("new", "updated", "unchanged", "rejected", "requests", "seconds")
         )
-        click.echo(f"{result.account}: {result.outcome} {fields}")
+        progress.echo(f"{result.account}: {result.outcome} {fields}")
     if result.outcome == "failed":
-        click.echo(f"etl: error: {result.account}: {result.error}", err=True)
+        progress.echo(f"etl: error: {result.account}: {result.error}", err=True)
     elif result.outcome in ("skipped", "interrupted") and settings.log_format != "json":
-        click.echo(f"etl: {result.account}: {result.error}", err=True)
+        progress.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
 def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wait: bool) -> None:

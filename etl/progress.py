@@ -43,6 +43,10 @@ class Reporter:
     def done(self, account: str) -> None:
         """The account has finished (its summary line comes next)."""
 
+    def echo(self, line: str, *, err: bool = False) -> None:
+        """Print a line of output without disturbing the display."""
+        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
     def close(self) -> None:
         """The command is finishing: remove what is on screen."""
 
@@ -70,6 +74,7 @@ class TerminalBars(Reporter):
             console=self.console,
             transient=True,
             # Lines written to stdout go above the bars when both share the terminal.
+            # (`echo` prints through sys.stdout / sys.stderr, which rich replaces while live.)
             redirect_stdout=sys.stdout.isatty(),
             redirect_stderr=True,
         )
