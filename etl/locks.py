@@ -15,11 +15,13 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from sqlalchemy import Engine, text
 
 from .errors import LockBusy
 
+_POLL_SECONDS = 0.25
 _local_locks: dict[str, threading.Lock] = {}
 _local_guard = threading.Lock()
 
@@ -52,8 +54,22 @@ def lock_key(name: str) -> str:
     return f"vox-etl:{name}"
 
 
-def acquire(engine: Engine, name: str, *, wait: bool = False) -> AccountLock:
-    """Take the lock called `name` on this database, or raise LockBusy (unless `wait`)."""
+class _Stop(Protocol):
+    def sleep(self, seconds: float) -> None: ...
+
+
+def acquire(engine: Engine, name: str, *, wait: bool = False, stop: _Stop | None = None
+            ) -> AccountLock:
+    """Take the lock called `name` on this database, or raise LockBusy (unless `wait`).
+
+    With `wait` and a `stop` token, ask again every quarter second, sleeping through
+    `stop.sleep`, so a stop request (SIGTERM) ends the wait instead of waiting it out."""
+    if wait and stop is not None:
+        while True:
+            try:
+                return acquire(engine, name)
+            except LockBusy:
+                stop.sleep(_POLL_SECONDS)
     backend = engine.url.get_backend_name()
     if backend == "postgresql":
         return _advisory(engine, name, wait)

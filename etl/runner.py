@@ -131,7 +131,11 @@ class AccountRun:
             self.result.error = f"{stopping.Interrupted(self.stop.signum)} before it started"
             return self.result
         try:
-            lock = locks.acquire(self.engine, self.account.auth_id, wait=wait)
+            lock = locks.acquire(self.engine, self.account.auth_id, wait=wait, stop=self.stop)
+        except stopping.Interrupted as exc:  # stopped while waiting for another run's lock
+            self.result.outcome = "interrupted"
+            self.result.error = f"{exc} while waiting for the lock"
+            return self.result
         except LockBusy as exc:
             self.result.outcome = "skipped"
             self.result.error = f"another run holds the lock of {self.account.name}; skipped"

@@ -3,8 +3,10 @@ shown and closed as such — on SQLite and PostgreSQL (and MariaDB for the lock 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import subprocess
 
 import pytest
 from sqlalchemy import func, select
@@ -90,3 +92,22 @@ def test_a_dead_run_shows_as_died_and_the_next_run_closes_it(simulator, project,
         "last_outcome"] == "ok"
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(calls)).scalar_one() == 15_000
+
+
+def test_a_signal_ends_a_wait_for_another_runs_lock(simulator, project, database_url, engine_for):
+    sim = simulator(accounts=1, calls=100, seed=73)
+    auth_id = sim.accounts[0].auth_id
+    proj = project(sim, database_url)
+    engine = engine_for(database_url)
+    proj.run("migrate", check=True)
+    with locks.acquire(engine, auth_id):  # another run holds the account
+        process = _popen(proj, "sync", "--wait")
+        with contextlib.suppress(subprocess.TimeoutExpired):  # still waiting, as it should
+            process.communicate(timeout=1.5)
+        assert process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 143, err
+    assert "acct1: interrupted" in out and "while waiting for the lock" in err
+    assert "Traceback" not in err
+    assert _runs(engine) == [] and sim.stats()["requests"] == 0
