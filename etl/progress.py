@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.text import Text
 
 DEFAULT_INTERVAL = 5.0
+_ECHO_LOCK = threading.Lock()
 
 
 class Reporter:
@@ -44,8 +45,13 @@ class Reporter:
         """The account has finished (its summary line comes next)."""
 
     def echo(self, line: str, *, err: bool = False) -> None:
-        """Print a line of output without disturbing the display."""
-        print(line, file=sys.stderr if err else sys.stdout, flush=True)
+        """Print a line of output without disturbing the display; whole lines only, even
+        when several accounts finish at once (through sys.stdout / sys.stderr as they are
+        now, which rich replaces while its bars are live)."""
+        stream = sys.stderr if err else sys.stdout
+        with _ECHO_LOCK:
+            stream.write(line + "\n")
+            stream.flush()
 
     def close(self) -> None:
         """The command is finishing: remove what is on screen."""

@@ -211,6 +211,21 @@ def test_an_incurable_failure_is_not_retried(simulator, project, instance, monke
     assert "acct1" in message and "401" in message and "tvx_wrong_token" not in message
 
 
+def test_only_failures_a_retry_can_cure_are_retried():
+    import requests
+    from sqlalchemy.exc import OperationalError
+
+    from etl.dagster_defs import retryable
+    from etl.errors import ConfigError, FatalAPIError, RetriableAPIError
+
+    assert retryable(RetriableAPIError("HTTP 503 Service Unavailable"))
+    assert retryable(requests.ConnectionError("reset"))
+    assert retryable(OperationalError("SELECT 1", {}, Exception("server closed the connection")))
+    assert not retryable(FatalAPIError("HTTP 401 Unauthorized"))
+    assert not retryable(ConfigError("[api].timeout: expected a number"))
+    assert not retryable(ValueError("a bug"))
+
+
 def test_the_sensor_keeps_the_partitions_equal_to_config_toml(
         simulator, tmp_path, engine_for, instance, monkeypatch):
     sim = simulator(accounts=2, calls=200, seed=95)
