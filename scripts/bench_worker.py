@@ -9,7 +9,7 @@ account needs at the provider's ceiling, it is the number of accounts one core k
     .venv/bin/python scripts/bench_worker.py --accounts 4 --calls 50000 --ceiling 60
 
 `--ceiling` is the provider's limit in requests per second per account (Plivo-like APIs: 300
-requests per 5 s = 60); at 100 calls a page that is 100 × ceiling calls/s per account.
+requests per 5 s = 60); at 100 calls a page that is 100 x ceiling calls/s per account.
 """
 
 from __future__ import annotations

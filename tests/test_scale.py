@@ -65,6 +65,10 @@ def test_three_workers_on_one_warehouse_migrate_once_never_overlap_and_converge(
             head_revision()]
         runs = conn.execute(select(sync_runs)).all()
     assert len(runs) == 50 * 3 * 2 and {r.outcome for r in runs} == {"ok"}
+    _assert_never_twice_at_once(runs, sim)
+
+
+def _assert_never_twice_at_once(runs, sim):
     by_account = {}
     for run in runs:
         by_account.setdefault(run.account_id, []).append(run)
@@ -75,3 +79,24 @@ def test_three_workers_on_one_warehouse_migrate_once_never_overlap_and_converge(
         spans = sorted((r.started_at, r.finished_at) for r in account_runs)
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start, f"{account_id}: two runs overlapped"
+
+
+@pytest.mark.parametrize("shared_url", ["postgres"], indirect=True)
+def test_without_wait_the_workers_share_out_the_accounts_and_skip_the_locked(
+        simulator, project, shared_url, engine_for):
+    sim = simulator(accounts=50, calls=150, seed=82)
+    proj = project(sim, shared_url, api={"concurrency": 2})
+    engine = engine_for(shared_url)
+
+    finished = _together(proj, "sync", "--jobs", "4")
+
+    for process, _out, err in finished:
+        assert process.returncode in (0, 75), err[-2000:]
+        assert "Traceback" not in err and "error:" not in err
+    assert_matches_simulator(engine, sim)
+    with engine.connect() as conn:
+        runs = conn.execute(select(sync_runs)).all()
+    assert {r.outcome for r in runs} <= {"ok", "skipped"}
+    ok = [r for r in runs if r.outcome == "ok"]
+    assert {r.account_id for r in ok} == {a.auth_id for a in sim.accounts}  # each by someone
+    _assert_never_twice_at_once(ok, sim)

@@ -111,3 +111,15 @@ def test_a_signal_ends_a_wait_for_another_runs_lock(simulator, project, database
     assert "acct1: interrupted" in out and "while waiting for the lock" in err
     assert "Traceback" not in err
     assert _runs(engine) == [] and sim.stats()["requests"] == 0
+
+
+def test_the_lock_probe_sees_held_locks_without_taking_them(warehouse_url, engine_for):
+    holder, prober = engine_for(warehouse_url), engine_for(warehouse_url)
+    names = [f"probe-{i}" for i in range(16)]  # PostgreSQL keys of both signs among them
+    for name in names:
+        assert not locks.is_held(prober, name)
+        with locks.acquire(holder, name):
+            assert locks.is_held(prober, name)
+            with pytest.raises(locks.LockBusy):
+                locks.acquire(prober, name)  # still held: probing took nothing
+        assert not locks.is_held(prober, name)
