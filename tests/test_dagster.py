@@ -264,10 +264,10 @@ def test_the_sensor_keeps_the_partitions_equal_to_config_toml(
     assert instance.get_dynamic_partitions(ACCOUNTS) == ["acct2"]
 
 
-def test_the_dagster_yaml_template_runs_on_postgres_with_one_run_per_partition(postgres_url,
-                                                                                monkeypatch):
-    from dagster._core.storage.dagster_run import DagsterRun
-    from dagster._utils.tags import TagConcurrencyLimitsCounter
+@pytest.fixture
+def template_instance(postgres_url, monkeypatch):
+    """A Dagster instance made from deploy/dagster.yaml, its storage in a PostgreSQL database
+    of its own on the test server."""
     from sqlalchemy import create_engine
 
     database = "vox_dagster_test"
@@ -280,19 +280,23 @@ def test_the_dagster_yaml_template_runs_on_postgres_with_one_run_per_partition(p
                         "DAGSTER_PG_USER": url.username, "DAGSTER_PG_PASSWORD": url.password or "",
                         "DAGSTER_PG_DB": database}.items():
         monkeypatch.setenv(name, value)
+    instance = DagsterInstance.from_config(str(PROJECT / "deploy"))
     try:
-        instance = DagsterInstance.from_config(str(PROJECT / "deploy"))
-        try:
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-            limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
-            assert instance.get_concurrency_config().pool_config.default_pool_limit >= 1
-        finally:
-            instance.dispose()
+        yield instance
     finally:
+        instance.dispose()
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+def test_the_dagster_yaml_template_runs_on_postgres_with_one_run_per_partition(template_instance):
+    from dagster._core.storage.dagster_run import DagsterRun
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    assert type(template_instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(template_instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    limits = template_instance.get_concurrency_config().run_queue_config.tag_concurrency_limits
 
     def run(partition: str) -> DagsterRun:
         return DagsterRun(job_name="vox_sync", run_id=str(uuid.uuid4()),
@@ -301,6 +305,35 @@ def test_the_dagster_yaml_template_runs_on_postgres_with_one_run_per_partition(p
     counter = TagConcurrencyLimitsCounter(limits, [run("acct1")])
     assert counter.is_blocked(run("acct1"))  # a second run of the same account waits
     assert not counter.is_blocked(run("acct2"))  # another account does not
+
+
+def test_the_api_pool_holds_a_run_back_until_a_slot_is_free(
+        simulator, project, template_instance, monkeypatch):
+    sim = simulator(accounts=1, calls=300, seed=96)
+    proj = project(sim)
+    for name, value in proj.env.items():
+        monkeypatch.setenv(name, value)
+    storage = template_instance.event_log_storage
+    storage.set_concurrency_slots(API_POOL, 1)
+    template_instance.add_dynamic_partitions(ACCOUNTS, ["acct1"])
+    storage.claim_concurrency_slot(API_POOL, "another-run", "vox_calls")  # another account pages
+    outcome = {}
+
+    def materialize_acct1():
+        outcome["result"] = materialize(
+            [vox_calls], instance=template_instance, partition_key="acct1",
+            resources={"vox_etl": VoxEtl(config_path=str(proj.config))})
+
+    worker = threading.Thread(target=materialize_acct1)
+    worker.start()
+    worker.join(timeout=3)
+    held_back = worker.is_alive() and sim.stats()["requests"] == 0
+    storage.free_concurrency_slot_for_step("another-run", "vox_calls")
+    worker.join(timeout=120)
+
+    assert held_back, "the run paged the API while the pool's only slot was taken"
+    assert outcome["result"].success and sim.stats()["requests"] > 0
+    assert _metadata(outcome["result"], "acct1")["new"] == 300
 
 
 def test_the_readme_documents_the_deployment():
