@@ -255,7 +255,7 @@ def vox_sync_schedule(context: ScheduleEvaluationContext) -> list[RunRequest] | 
     names = context.instance.get_dynamic_partitions(ACCOUNTS)
     if not names:
         return SkipReason("no accounts yet: the vox_accounts_sensor adds them from config.toml")
-    tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else ""
+    tick = context.scheduled_execution_time.isoformat()
     return [RunRequest(partition_key=name, run_key=f"{name}:{tick}") for name in names]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,22 @@ def test_an_incurable_failure_is_not_retried(simulator, project, instance, monke
     [failure] = _events(result, "STEP_FAILURE")
     message = str(failure.event_specific_data.error.message)
     assert "acct1" in message and "401" in message and "tvx_wrong_token" not in message
+
+
+def test_the_schedule_asks_for_one_incremental_run_per_account():
+    from dagster import SkipReason, build_schedule_context, instance_for_test
+
+    schedule = defs.resolve_schedule_def("vox_sync_schedule")
+    with instance_for_test() as instance:  # schedules need a persistent instance
+        tick = datetime(2026, 12, 1, 9, 15, tzinfo=UTC)
+        context = build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        assert isinstance(schedule(context), SkipReason)
+        instance.add_dynamic_partitions(ACCOUNTS, ["acct1", "acct2"])
+
+        requests = schedule(build_schedule_context(instance=instance, scheduled_execution_time=tick))
+
+    assert sorted(r.partition_key for r in requests) == ["acct1", "acct2"]
+    assert {r.run_key for r in requests} == {f"acct1:{tick.isoformat()}", f"acct2:{tick.isoformat()}"}
 
 
 def test_only_failures_a_retry_can_cure_are_retried():
