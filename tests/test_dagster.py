@@ -282,10 +282,14 @@ def test_the_sensor_keeps_the_partitions_equal_to_config_toml(
 
 
 @pytest.fixture
-def template_instance(postgres_url, monkeypatch):
+def template_instance(postgres_url, monkeypatch, tmp_path):
     """A Dagster instance made from deploy/dagster.yaml, its storage in a PostgreSQL database
-    of its own on the test server."""
+    of its own on the test server (and its compute logs in a temporary $DAGSTER_HOME)."""
+    import shutil
+
     from sqlalchemy import create_engine
+
+    shutil.copy(PROJECT / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
 
     database = "vox_dagster_test"
     admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
@@ -297,7 +301,7 @@ def template_instance(postgres_url, monkeypatch):
                         "DAGSTER_PG_USER": url.username, "DAGSTER_PG_PASSWORD": url.password or "",
                         "DAGSTER_PG_DB": database}.items():
         monkeypatch.setenv(name, value)
-    instance = DagsterInstance.from_config(str(PROJECT / "deploy"))
+    instance = DagsterInstance.from_config(str(tmp_path))
     try:
         yield instance
     finally:
