@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
-import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
@@ -15,11 +14,12 @@ import click
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, logs
+from . import __version__, logs, stopping
 from .config import Config, load_config, parse_when
 from .db import describe_url, make_engine
 from .errors import ConfigError, EtlError
 from .migrate import upgrade
+from .progress import Reporter, for_terminal
 from .runner import AccountResult, Job, run_accounts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
@@ -67,7 +67,9 @@ def reports_errors(func: F) -> F:
             orig = getattr(exc, "orig", None) or exc
             first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
             fail(f"database error: {first}", EXIT_FAILED)
-        except (click.exceptions.Exit, click.ClickException, SystemExit, KeyboardInterrupt):
+        except KeyboardInterrupt:  # Ctrl-C before the sync's own handler was in place
+            fail("stopped by SIGINT", stopping.EXIT_CODES[signal.SIGINT])
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
             if settings.verbosity > 0:
@@ -122,7 +124,9 @@ def cli(ctx: click.Context, config_path: str | None, database_url: str | None, l
       etl status                       what each account's last runs did
 
     Exit codes: 0 done, 1 an account failed (the others are committed),
-    2 usage or configuration error, 75 an account was locked by another run.
+    2 usage or configuration error, 75 an account was locked by another run,
+    130 / 143 stopped by SIGINT / SIGTERM (the batch in flight committed or
+    rolled back whole, the run recorded as interrupted).
     """
     verbosity = -1 if quiet else verbose
     logs.setup(log_format, verbosity)
@@ -152,8 +156,10 @@ def migrate(settings: Settings) -> None:
         click.echo(f"{where}: migrated from {before or 'empty'} to revision {after}")
 
 
-def _exit_code(results: list[AccountResult]) -> int:
+def _exit_code(results: list[AccountResult], stop: stopping.StopToken) -> int:
     outcomes = {r.outcome for r in results}
+    if stop.exit_code is not None and "interrupted" in outcomes:
+        return stop.exit_code
     if "failed" in outcomes:
         return EXIT_FAILED
     if "skipped" in outcomes:
@@ -161,55 +167,24 @@ def _exit_code(results: list[AccountResult]) -> int:
     return EXIT_OK
 
 
-def _print_result(settings: Settings, result: AccountResult, progress: ProgressLine | None) -> None:
-    if progress is not None:
-        progress.clear()
+def _print_result(settings: Settings, result: AccountResult, progress: Reporter) -> None:
+    progress.done(result.account)
     summary = result.summary()
     if settings.log_format == "json":
         line = json.dumps({"event": "summary", **summary})
-        click.echo(line)
+        progress.echo(line)
     elif result.outcome != "ok" or settings.verbosity >= 0:
         keys = ["new", "updated", "unchanged", "rejected", "requests", "seconds"]
         if result.deleted:
             keys.insert(4, "deleted")
         fields = " ".join(f"{k}={summary[k]}" for k in keys)
-        click.echo(f"{result.account}: {result.outcome} {fields}")
+        progress.echo(f"{result.account}: {result.outcome} {fields}")
     if result.notice and settings.log_format != "json":
-        click.echo(f"etl: {result.account}: {result.notice}", err=True)
+        progress.echo(f"etl: {result.account}: {result.notice}", err=True)
     if result.outcome == "failed":
-        click.echo(f"etl: error: {result.account}: {result.error}", err=True)
-    elif result.outcome == "skipped" and settings.log_format != "json":
-        click.echo(f"etl: {result.account}: {result.error}", err=True)
-
-
-class ProgressLine:
-    """A one-line progress display on a terminal; does nothing when stderr is not one."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._lock = threading.Lock()
-        self._state: dict[str, tuple[int, int]] = {}
-        self._last = 0.0
-
-    def __call__(self, account: str, calls: int, expected: int | None) -> None:
-        if not self.enabled:
-            return
-        with self._lock:
-            self._state[account] = (calls, expected or 0)
-            now = time.monotonic()
-            if now - self._last < 0.1:
-                return
-            self._last = now
-            parts = [f"{name}: {c:,}" + (f"/{e:,}" if e else "") + " calls"
-                     for name, (c, e) in self._state.items()]
-            sys.stderr.write("\r\033[K" + " | ".join(parts)[:200])
-            sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self.enabled:
-            with self._lock:
-                sys.stderr.write("\r\033[K")
-                sys.stderr.flush()
+        progress.echo(f"etl: error: {result.account}: {result.error}", err=True)
+    elif result.outcome in ("skipped", "interrupted") and settings.log_format != "json":
+        progress.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
 def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wait: bool) -> None:
@@ -220,13 +195,18 @@ def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wai
     for account in selected:
         account.token()  # a missing token is a configuration error, before any request
     engine = settings.engine(config)
-    upgrade(engine)
-    progress = ProgressLine(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
-    results = run_accounts(
-        engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
-        on_result=lambda r: _print_result(settings, r, progress),
-    )
-    sys.exit(_exit_code(results))
+    progress = for_terminal(settings.log_format, settings.verbosity)
+    with stopping.on_signals(stopping.StopToken()) as stop:
+        upgrade(engine)
+        try:
+            results = run_accounts(
+                engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
+                on_result=lambda r: _print_result(settings, r, progress), stop=stop,
+            )
+        finally:
+            progress.close()
+            engine.dispose()
+    sys.exit(_exit_code(results, stop))
 
 
 def run_options(func: F) -> F:
@@ -294,13 +274,14 @@ def status(settings: Settings, as_json: bool) -> None:
     Example:
       etl status --json | jq '.accounts[] | select(.last_outcome != "ok")'
     """
-    from .state import account_status
+    from .state import account_status, flag_dead_runs
 
     config = settings.config(require_file=False)
     engine = settings.engine(config)
     upgrade(engine)
     with engine.connect() as conn:
         rows = account_status(conn, [(a.auth_id, a.name) for a in config.accounts])
+    flag_dead_runs(engine, rows)
     if as_json:
         click.echo(json.dumps({"accounts": [r.as_dict() for r in rows]}, indent=2))
         return

@@ -19,7 +19,7 @@ import requests
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import locks
+from . import locks, stopping
 from .client import VoxClient, describe
 from .config import Account, Config
 from .errors import EtlError, LockBusy
@@ -28,6 +28,7 @@ from .plans import Batch, Extraction, Kind
 from .state import (
     SyncState,
     Warehouse,
+    close_dead_runs,
     deleted_count,
     finish_run,
     flag_absent,
@@ -42,6 +43,8 @@ from .walks import Reader
 
 log = logging.getLogger("etl.runner")
 
+# progress(account, calls_done, calls_expected): calls read so far, and how many the run
+# expects to read (None until it knows).
 Progress = Callable[[str, int, int | None], None]
 
 
@@ -59,9 +62,12 @@ class AccountResult:
     seconds: float = 0.0
     error: str | None = None
     deleted: int = 0
+    # The newest start_time the run read, and the provider's window: its oldest listed call.
     watermark: datetime | None = None
     window_start: datetime | None = None
     notice: str | None = None
+    # The exception that failed the account, for callers that classify it (Dagster retries).
+    failure: BaseException | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -104,6 +110,7 @@ class AccountRun:
         run_id: str,
         *,
         progress: Progress | None = None,
+        stop: stopping.StopToken | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
@@ -111,13 +118,22 @@ class AccountRun:
         self.job = job
         self.run_id = run_id
         self.progress = progress
+        self.stop = stop or stopping.StopToken()
         self.result = AccountResult(account.name, account.auth_id)
         self._deleted = 0  # the account's calls flagged deleted, so seen ones can be restored
 
     def run(self, *, wait: bool = False) -> AccountResult:
         started = time.monotonic()
+        if self.stop.requested:  # stopped before this account's turn came: nothing to record
+            self.result.outcome = "interrupted"
+            self.result.error = f"{stopping.Interrupted(self.stop.signum)} before it started"
+            return self.result
         try:
-            lock = locks.acquire(self.engine, self.account.auth_id, wait=wait)
+            lock = locks.acquire(self.engine, self.account.auth_id, wait=wait, stop=self.stop)
+        except stopping.Interrupted as exc:  # stopped while waiting for another run's lock
+            self.result.outcome = "interrupted"
+            self.result.error = f"{exc} while waiting for the lock"
+            return self.result
         except LockBusy as exc:
             self.result.outcome = "skipped"
             self.result.error = f"another run holds the lock of {self.account.name}; skipped"
@@ -127,18 +143,28 @@ class AccountRun:
                             self.account.name, self.result.error)
             return self.result
         with lock:
-            start_run(self.engine, self.run_id, self.job.command,
-                      self.account.auth_id, self.account.name)
             client: VoxClient | None = None
             try:
+                close_dead_runs(self.engine, self.account.auth_id, self.run_id)
+                start_run(self.engine, self.run_id, self.job.command,
+                          self.account.auth_id, self.account.name)
                 client = VoxClient(self.account, self.config.api, self.account.token())
+                client.policy.sleep = self.stop.sleep  # a stop cuts a retry's wait short
                 self._execute(client)
                 self.result.outcome = "ok"
+            except stopping.Interrupted as exc:
+                self.result.outcome = "interrupted"
+                self.result.error = str(exc)
             except Exception as exc:
                 self.result.outcome = "failed"
                 self.result.error = _explain(exc)
+                self.result.failure = exc
                 log.debug("account failed", exc_info=True,
                           extra={"account": self.account.name, "event": "failed"})
+            except BaseException as exc:  # a host's own interrupt (Dagster's, KeyboardInterrupt)
+                self.result.outcome = "interrupted"
+                self.result.error = f"stopped by {type(exc).__name__}"
+                raise
             finally:
                 if client is not None:
                     self.result.requests = client.requests
@@ -195,14 +221,18 @@ class AccountRun:
 
     def _load(self, extraction: Extraction) -> None:
         account = self.account
+        if self.progress is not None:
+            self.progress(account.name, 0, None)
         for group in _groups(extraction.batches(), _PAGES_PER_TRANSACTION):
+            self.stop.check()
             counts = in_transaction(self.engine, partial(self._commit, kind=extraction.kind,
                                                          batches=group))
             self.result.counts += counts
             self.result.pages += sum(batch.pages for batch in group)
             if self.progress is not None:
-                self.progress(account.name, self.result.counts.new + self.result.counts.updated
-                              + self.result.counts.unchanged, extraction.expected)
+                done = self.result.counts
+                self.progress(account.name, done.new + done.updated + done.unchanged
+                              + done.rejected, extraction.expected)
         if extraction.kind is not Kind.BACKFILL:
             coverage = extraction.final_coverage()
 
@@ -277,13 +307,19 @@ def run_accounts(
     wait: bool = False,
     progress: Progress | None = None,
     on_result: Callable[[AccountResult], None] | None = None,
+    stop: stopping.StopToken | None = None,
 ) -> list[AccountResult]:
-    """Run `job` for every account, up to `jobs` at once; returns results in account order."""
+    """Run `job` for every account, up to `jobs` at once; returns results in account order.
+
+    Once `stop` is requested, running accounts stop before their next batch and the ones not
+    started yet do not start; all of them come back `interrupted`."""
     run_id = new_run_id()
     accounts = list(accounts)
+    stop = stop or stopping.StopToken()
 
     def one(account: Account) -> AccountResult:
-        result = AccountRun(engine, config, account, job, run_id, progress=progress).run(wait=wait)
+        result = AccountRun(engine, config, account, job, run_id, progress=progress,
+                            stop=stop).run(wait=wait)
         if on_result is not None:
             on_result(result)
         return result

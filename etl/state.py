@@ -207,6 +207,37 @@ def record_skip(engine: Engine, run_id: str, command: str, account_id: str, name
     finish_run(engine, run_id, account_id, "skipped", why)
 
 
+# A run-log row says `running` from the moment its run holds the account's lock until it
+# finishes. A `running` row whose lock is free therefore belongs to a process that died
+# (kill -9, a lost machine or connection) before it could write its outcome.
+DIED_ERROR = "the process running it stopped without recording an outcome (killed or lost)"
+
+
+def close_dead_runs(engine: Engine, account_id: str, run_id: str) -> int:
+    """Record the account's `running` rows of other runs as `died`; returns how many.
+
+    Call it only while holding the account's lock: then no live run can own those rows."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sync_runs.update()
+            .where(sync_runs.c.account_id == account_id, sync_runs.c.outcome == "running",
+                   sync_runs.c.run_id != run_id)
+            .values(outcome="died", error=DIED_ERROR)
+        )
+    return int(result.rowcount or 0)
+
+
+def flag_dead_runs(engine: Engine, statuses: list[AccountStatus]) -> None:
+    """Show an account whose last run says `running` but whose lock is free as `died`
+    (without writing anything: the next run of that account records it)."""
+    from . import locks
+
+    for status in statuses:
+        if status.last_outcome == "running" and not locks.is_held(engine, status.account_id):
+            status.last_outcome = "died"
+            status.last_error = DIED_ERROR
+
+
 @dataclass
 class AccountStatus:
     account_id: str

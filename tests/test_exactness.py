@@ -182,7 +182,6 @@ def test_first_sync_reaches_back_only_to_start_date(simulator, etl):
 
 def test_full_sync_re_reads_the_whole_history(simulator, etl):
     sim = simulator(accounts=1, calls=3_000, seed=18)
-    auth_id = sim.accounts[0].auth_id
     run = etl(sim)
     run()
     sim.reset_stats()

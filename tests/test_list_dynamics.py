@@ -30,7 +30,7 @@ def test_first_sync_under_drift_stores_every_call_present_throughout_in_few_requ
     before = _present(sim, auth_id)
     sim.set_faults(drift_rate=20, expire_rate=ageing)
 
-    requests, results = run.requests_for()
+    requests, _results = run.requests_for()
 
     sim.set_faults(drift_rate=0, expire_rate=0)
     throughout = before & _present(sim, auth_id)

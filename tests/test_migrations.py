@@ -54,7 +54,7 @@ def test_upgrading_a_populated_0002_database_keeps_every_row_and_what_the_sync_k
                 "INSERT INTO calls (call_uuid, account_id, status, direction, start_time, raw, "
                 "first_seen_at, updated_at) VALUES (:u, 'MA1', :s, 'inbound', :t, :raw, :t, :t)"),
                 {"u": f"c{i}", "s": "completed" if i else "ringing",
-                 "t": f"2026-01-0{i + 1} 10:00:00", "raw": '{"call_uuid": "c%d"}' % i})
+                 "t": f"2026-01-0{i + 1} 10:00:00", "raw": f'{{"call_uuid": "c{i}"}}'})
         conn.execute(text(
             "INSERT INTO sync_state (account_id, account_name, synced_seq, base_seq, watermark, "
             "last_total_count, last_success_at, updated_at) VALUES ('MA1', 'one', 3, 0, "

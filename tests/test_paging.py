@@ -3,6 +3,7 @@ that meet, seeking by time and the count check — no HTTP, no database."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -144,7 +145,7 @@ def _walk_all(listing: Listing, walks: int, per_page: int = 10) -> tuple[set[str
     firsts = [2 + i * (last - 1) // walks for i in range(walks)]
     chain = [Walk(f, lambda s: False) for f in firsts]
     chain[0].above = head
-    for upper, lower in zip(chain, chain[1:], strict=False):
+    for upper, lower in itertools.pairwise(chain):
         upper.joins = lower
     seen = set(head.uuids)
     for _walk, page in reader.walk(chain):
@@ -156,7 +157,7 @@ def _walk_all(listing: Listing, walks: int, per_page: int = 10) -> tuple[set[str
 def test_walks_cover_a_still_list_with_one_extra_page_where_two_meet():
     listing = Listing(list(range(1000, 0, -1)))
 
-    seen, reader, chain = _walk_all(listing, walks=4)
+    seen, _reader, chain = _walk_all(listing, walks=4)
 
     assert seen == {u for u, _ in listing.calls}
     assert listing.requests == 100 + 3

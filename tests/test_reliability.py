@@ -15,11 +15,11 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
+from etl.coverage import Interval
 from etl.loader import in_transaction, upsert_calls, utcnow
 from etl.migrate import upgrade
 from etl.records import parse_call, parse_timestamp
 from etl.schema import calls, rejects, sync_runs
-from etl.coverage import Interval
 from etl.state import read_state, save_state
 from tests.helpers import assert_matches_simulator, assert_window_matches, stored_rows
 
@@ -101,7 +101,8 @@ def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
         assert_matches_simulator(engine, sim)
     with engine.connect() as conn:
         outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.started_at)).scalars().all()
-    assert outcomes.count("running") == kills  # a killed run shows as never finished
+    # A killed run's row is closed as `died` by the next run of the account.
+    assert outcomes.count("died") == kills and "running" not in outcomes
     assert outcomes[-2:] == ["ok", "ok"]
 
 
