@@ -51,9 +51,22 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time, so that log lines go above a progress
+    display that has taken stderr over, instead of through it."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def setup(log_format: str = "text", verbosity: int = 0, stream: TextIO | None = None) -> None:
     """Configure the `etl` loggers: warnings by default, info with -v, debug with -vv."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger("etl")
     root.handlers[:] = [handler]

@@ -1,4 +1,9 @@
-"""Alembic migrations, run from code against the engine the command already has."""
+"""Alembic migrations, run from code against the engine the command already has.
+
+Several processes may start on one warehouse at once (an orchestrator's first run, three
+cron jobs): the first to find the schema behind takes the migration lock and upgrades; the
+others wait for that lock, find the schema current and go on.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from alembic.ddl.postgresql import PostgresqlImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
+
+from . import locks
+
+# The lock that serialises migrations; account locks are named by auth_id, never like this.
+MIGRATION_LOCK = "schema migration"
 
 
 class DuckDBImpl(PostgresqlImpl):
@@ -43,8 +53,13 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
     before = current_revision(engine)
     if before == head_revision() and revision == "head":
         return before, before
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
-    return before, current_revision(engine)
+    with locks.acquire(engine, MIGRATION_LOCK, wait=True):
+        # Another process may have migrated while this one waited for the lock.
+        before = current_revision(engine)
+        if before == head_revision() and revision == "head":
+            return before, before
+        config = alembic_config()
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+        return before, current_revision(engine)

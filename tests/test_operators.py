@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -36,8 +37,25 @@ def test_no_progress_display_when_output_is_not_a_terminal(simulator, project):
     assert result.stderr == ""
 
 
+def test_json_progress_events_for_dashboards(simulator, project):
+    sim = simulator(accounts=2, calls=3000, seed=62)
+    proj = project(sim)
+
+    result = proj.run("--log-format", "json", "sync", check=True, env={"ETL_PROGRESS_INTERVAL": "0"})
+
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    for account in ("acct1", "acct2"):
+        mine = [e for e in events if e["event"] == "progress" and e["account"] == account]
+        done = [e["calls_done"] for e in mine]
+        assert len(mine) >= 3 and done == sorted(done) and done[0] == 0 and done[-1] == 3000
+        assert {e["calls_expected"] for e in mine} == {3000}  # the first sync knows its size
+        assert mine[-1]["percent"] == 100.0 and mine[-1]["eta_seconds"] == 0
+        assert all({"ts", "level", "message", "calls_per_second"} <= set(e) for e in mine)
+    assert all(json.loads(line)["event"] == "summary" for line in result.stdout.splitlines())
+
+
 def test_progress_display_on_a_terminal(simulator, project):
-    sim = simulator(accounts=1, calls=5000, latency_ms=5)
+    sim = simulator(accounts=2, calls=5000, latency_ms=5)
     proj = project(sim)
     primary, secondary = pty.openpty()
     env = {**os.environ, **proj.env}
@@ -58,8 +76,12 @@ def test_progress_display_on_a_terminal(simulator, project):
     process.wait(timeout=120)
     os.close(primary)
     assert process.returncode == 0
-    assert b"acct1: " in shown and b" pages, " in shown and b"\r" in shown
-    assert "acct1: ok new=5000" in process.stdout.read()
+    # One bar per account, with percent, calls/s and time remaining.
+    assert b"acct1" in shown and b"acct2" in shown
+    assert re.search(rb"\d+%", shown) and b"calls/s" in shown and b"/5,000 calls" in shown
+    assert re.search(rb"\d:\d\d:\d\d", shown)
+    out = process.stdout.read()
+    assert "acct1: ok new=5000" in out and "acct2: ok new=5000" in out
 
 
 def test_version_and_help():
