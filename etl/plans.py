@@ -106,6 +106,7 @@ class Extraction:
         self.seeker = Seeker(reader, self._estimate)
         self.covered: list[Interval] = list(state.coverage) if state and kind is Kind.INCREMENTAL else []
         self.walks: list[Walk] = []
+        self._walking = False  # pages yielded now belong to a walk's chain
         self.seen: set[str] = set()
         self.head: Sheet | None = None
         self.window_start: datetime | None = None
@@ -113,6 +114,7 @@ class Extraction:
         self.notice: str | None = None
         self.open_missing = 0
         self._recent: OrderedDict[str, tuple[object, ...]] = OrderedDict()
+        self._firsts: dict[str, tuple[object, ...]] = {}  # the first page of every walk
         self._anchor: tuple[datetime, int] | None = None  # a clean boundary of the newest page read
 
     # -- the plans ---------------------------------------------------------------------------
@@ -226,10 +228,17 @@ class Extraction:
                 upper.joins = lower
             walks.extend(stretch)
         self.walks.extend(walks if covering else [])
-        for walk, sheet in self.reader.walk(walks):
-            yield self._batch(sheet, covering=covering)
-            if walk.done and walk.joins is None:
-                self._note_end(sheet)
+        self._walking = True
+        try:
+            for walk, sheet in self.reader.walk(walks):
+                batch = self._batch(sheet, covering=covering)
+                if walk.first is sheet:  # the walk above re-reads it where they meet
+                    self._firsts.update((c.call_uuid, _values(c)) for c in sheet.calls)
+                yield batch
+                if walk.done and walk.joins is None:
+                    self._note_end(sheet)
+        finally:
+            self._walking = False
 
     def _stopper(self, before: datetime | None) -> Stop:
         return lambda sheet: self._below(sheet, before)
@@ -346,7 +355,7 @@ class Extraction:
                       seen=list(sheet.uuids), pages=1)
         if covering and self.kind is not Kind.BACKFILL:
             own = chain_interval(sheet, sheet, head=sheet.number == 1)
-            if own is not None and not any(sheet in w.sheets for w in self.walks):
+            if own is not None and not self._walking:
                 self.covered.append(own)
             batch.coverage = self._coverage()
         for boundary in sheet.boundaries()[-1:]:
@@ -356,7 +365,9 @@ class Extraction:
     def _again(self, call: CallRow) -> bool:
         """True for a call this run has just loaded with the same values (pages that overlap
         read some calls twice); the copies loaded last are remembered, a bounded number."""
-        values = (call.status, call.end_time, call.raw)
+        values = _values(call)
+        if self._firsts.get(call.call_uuid) == values:
+            return True
         known = self._recent.get(call.call_uuid)
         self._recent[call.call_uuid] = values
         self._recent.move_to_end(call.call_uuid)
@@ -374,7 +385,7 @@ class Extraction:
             if top is None:
                 top = walk.top
             bottom = walk.last
-            if walk.met and walk.joins is not None and walk.joins.sheets:
+            if walk.met and walk.joins is not None and walk.joins.first is not None:
                 continue  # the chain goes on through the walk below
             if top is not None and bottom is not None:
                 interval = chain_interval(top, bottom, head=top.number == 1)
@@ -388,6 +399,10 @@ class Extraction:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _values(call: CallRow) -> tuple[object, ...]:
+    return (call.status, call.end_time, call.raw)
 
 
 def _latest(*moments: datetime | None) -> datetime | None:

@@ -273,15 +273,21 @@ class AccountRun:
         return counts
 
 
-# Pages loaded per transaction: fewer commits, while a crash loses at most this much work.
-_PAGES_PER_TRANSACTION = 4
+# Pages loaded per transaction, and the longest a batch is held before it is committed:
+# fewer commits, while a crash (or a stop) loses at most this much work.
+_PAGES_PER_TRANSACTION = 64
+_SECONDS_PER_TRANSACTION = 1.0
 
 
-def _groups(batches: Iterable[Batch], size: int) -> Iterable[list[Batch]]:
+def _groups(batches: Iterable[Batch], size: int,
+            seconds: float = _SECONDS_PER_TRANSACTION) -> Iterable[list[Batch]]:
     group: list[Batch] = []
+    started = time.monotonic()
     for batch in batches:
+        if not group:
+            started = time.monotonic()
         group.append(batch)
-        if len(group) >= size or batch.flush:
+        if len(group) >= size or batch.flush or time.monotonic() - started >= seconds:
             yield group
             group = []
     if group:

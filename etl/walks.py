@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .client import Page
 from .errors import ListingError
@@ -40,17 +40,22 @@ class Walk:
     above: Sheet | None = None
     joins: Walk | None = None
     limit: int = 1_000_000
-    sheets: list[Sheet] = field(default_factory=list)
+    # Only the ends of the chain are kept: memory stays flat however long the walk.
+    first: Sheet | None = None
+    newest_read: Sheet | None = None
+    pages: int = 0
     done: bool = False
     met: bool = False  # done because it overlapped the first page of the walk below
 
     @property
-    def first(self) -> Sheet | None:
-        return self.sheets[0] if self.sheets else None
-
-    @property
     def last(self) -> Sheet | None:
-        return self.sheets[-1] if self.sheets else self.above
+        return self.newest_read or self.above
+
+    def add(self, sheet: Sheet) -> None:
+        if self.first is None:
+            self.first = sheet
+        self.newest_read = sheet
+        self.pages += 1
 
     @property
     def top(self) -> Sheet | None:
@@ -146,16 +151,16 @@ class Reader:
 
     def _advance(self, w: Walk, sheet: Sheet, inflight: dict[Future[Sheet], Walk]) -> None:
         # Each request is sent after the page before it was answered, so `follows` holds.
-        w.sheets.append(sheet)
+        w.add(sheet)
         if w.met_below(sheet):
             w.done = w.met = True
             return
         if w.stop(sheet) or sheet.is_end:
             w.done = True
             return
-        if len(w.sheets) >= w.limit:
+        if w.pages >= w.limit:
             raise ListingError(
-                f"the list moved faster than it could be read ({len(w.sheets)} pages in one "
+                f"the list moved faster than it could be read ({w.pages} pages in one "
                 "stretch without reaching its end)"
             )
         inflight[self.submit(page_number(sheet.end_rank, self.per_page))] = w
