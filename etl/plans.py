@@ -125,12 +125,14 @@ class Extraction:
         if self.kind is Kind.BACKFILL:
             yield from self._backfill(head)
             return
-        yield self._batch(head, covering=True)
-        if self.kind is Kind.INCREMENTAL and self.covered:
-            yield from self._incremental(head)
-        else:
+        whole = not (self.kind is Kind.INCREMENTAL and self.covered)
+        if whole:
             self.expected = head.total_count
+        yield self._batch(head, covering=True)
+        if whole:
             yield from self._whole(head)
+        else:
+            yield from self._incremental(head)
 
     def final_coverage(self) -> list[Interval]:
         """What the account's coverage is once every batch is committed."""

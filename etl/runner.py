@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -223,16 +223,12 @@ class AccountRun:
         account = self.account
         if self.progress is not None:
             self.progress(account.name, 0, None)
-        for group in _groups(extraction.batches(), _PAGES_PER_TRANSACTION):
+        for group in _groups(self._reported(extraction), _PAGES_PER_TRANSACTION):
             self.stop.check()
             counts = in_transaction(self.engine, partial(self._commit, kind=extraction.kind,
                                                          batches=group))
             self.result.counts += counts
             self.result.pages += sum(batch.pages for batch in group)
-            if self.progress is not None:
-                done = self.result.counts
-                self.progress(account.name, done.new + done.updated + done.unchanged
-                              + done.rejected, extraction.expected)
         if extraction.kind is not Kind.BACKFILL:
             coverage = extraction.final_coverage()
 
@@ -243,6 +239,15 @@ class AccountRun:
                            total_count=extraction.head.total_count if extraction.head else None,
                            finished=True)
             in_transaction(self.engine, finish)
+
+    def _reported(self, extraction: Extraction) -> Iterator[Batch]:
+        """The extraction's batches, telling progress how many calls were read so far."""
+        read = 0
+        for batch in extraction.batches():
+            read += len(batch.rows) + len(batch.rejects)
+            if self.progress is not None and batch.pages:
+                self.progress(self.account.name, read, extraction.expected)
+            yield batch
 
     def _commit(self, conn: Connection, *, kind: Kind, batches: list[Batch]) -> LoadCounts:
         """One transaction: the pages' rows and rejects, what they prove gone or back, then
