@@ -1,0 +1,421 @@
+"""Flow control for one account: a pacer shared by all its workers, for which a 429 is a signal.
+
+Why: providers limit each account (Plivo: 300 requests per 5 s, the customer's own traffic
+included), rarely say so, and answer 429 beyond it. Retrying each 429 on its own, as an error,
+makes every worker sleep the same `Retry-After` and wake together (a thundering herd), uses up
+attempts meant for errors, and never learns the pace. So the client asks this controller for a
+slot before every request and reports the answer; 429s never reach the retry policy.
+
+How it works
+------------
+*Slots.* `acquire()` hands out send times spaced `1 / pace` apart, across all threads (pace =
+None: no spacing, only `[api].concurrency` bounds the flow). Unused time is not banked.
+
+*Gate.* A 429 closes the gate for every thread until its `Retry-After` (seconds or HTTP date,
+capped by `[api].retry_after_max`; without one: 1 s, doubling while nothing is accepted, up to
+30 s). When the gate reopens, one *probe* goes alone; the paced flow resumes, one slot at a
+time, only once the probe is answered. 429s for requests sent before the gate closed belong to
+the same event: they may extend the gate, but lower the pace only once.
+
+*The pace*, from the most trusted source to the least:
+
+1. `[api].requests_per_second` (the *ceiling*) is never exceeded.
+2. *Announced* limits: `RateLimit-Limit/Remaining/Reset` (IETF draft; `RateLimit-Policy` or a
+   `;w=` parameter gives the window) or `X-RateLimit-Limit/Remaining/Reset` (Reset as delta
+   seconds or as an epoch timestamp). The pace is `rate_share * limit / window` (the window is
+   learned as the longest Reset seen when not announced), and never more than the remaining
+   quota spread evenly until the reset. When our estimate of the remaining quota (the last
+   announced Remaining less what we sent since) reaches zero, the gate stays shut until the
+   reset, so a known limit is never overrun.
+3. *Learned* limits (nothing announced), AIMD with a memory:
+   - Until the first 429 the flow is unpaced.
+   - On a 429 event (multiplicative decrease) the limit estimate `hi` becomes the pace the
+     server refused: the current pace, or, from unpaced, the pace the server *accepted* so far
+     (accepted answers over the active time, i.e. not counting closed-gate time). Once at least
+     `window` seconds (10 s: two windows of a 300-per-5-s limit) of active history exist, the
+     pace the server accepted over that window bounds `hi` too: it is what a window-style or
+     token-bucket limit really lets through. The pace drops to `BETA * hi`.
+   - Without a 429 (additive increase), every `confirm` period (1 s, or 8 slots if slower) the
+     pace grows by `STEP_FAR * hi` while below `NEAR * hi`, then by `STEP_NEAR * hi`: quickly
+     back to the known limit, then slowly above it, probing for headroom that appeared.
+   - `rate_share < 1` caps the pace at `rate_share * hi` and stops probing beyond it, leaving
+     the rest of the account's budget to the customer's own traffic.
+
+*Bound.* The closed-gate time caused by 429s is summed per account; beyond
+`max_throttle_seconds` the next 429 raises `ThrottleExhausted` (one line, names the key), so an
+endless throttle fails the account instead of hanging the run.
+
+Thread-safe; `clock`, `sleep` and `wall` are injectable so tests run on fake time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .errors import APIError
+
+# Multiplicative decrease after a 429 event, as a share of the pace the server refused; the
+# fast one when the 429 came within SETTLED accepted answers of the gate reopening.
+BETA = 0.9
+FAST_BETA = 0.5
+SETTLED = 8
+# The pace after a 429 when nothing was ever accepted, doubled every confirm period until the
+# next 429 (slow start).
+START_PACE = 1.0
+# Additive increase per confirm period, as a share of the limit estimate: far below it, near it.
+STEP_FAR = 0.05
+STEP_NEAR = 0.01
+NEAR = 0.97
+# Announced limits are used up to this share (clock skew, requests crossing a window edge).
+ANNOUNCED_MARGIN = 0.98
+# The slowest pace ever set, in requests per second.
+FLOOR = 0.2
+# Pause after a 429 without Retry-After: first, and the most it doubles to.
+DEFAULT_PAUSE = 1.0
+MAX_DEFAULT_PAUSE = 30.0
+
+
+class ThrottleExhausted(APIError):
+    """The server kept answering 429 for longer than `[api].max_throttle_seconds` in total."""
+
+
+@dataclass(frozen=True)
+class Announced:
+    """A rate limit as the server stated it in one response's headers."""
+
+    limit: int
+    remaining: int | None
+    reset: float | None  # seconds from the response until the quota resets
+    window: float | None  # the quota's window in seconds, when the server names it
+
+
+_INT = re.compile(r"^\s*(\d+)")
+_WINDOW = re.compile(r";\s*w\s*=\s*(\d+(?:\.\d+)?)")
+_EPOCH_THRESHOLD = 1_000_000_000  # a Reset above this is a Unix timestamp, not a delta
+
+
+def _first_int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    match = _INT.match(value)
+    return int(match.group(1)) if match else None
+
+
+def parse_rate_headers(headers: Mapping[str, str], wall_now: float | None = None) -> Announced | None:
+    """The limit announced by `RateLimit-*` (preferred) or `X-RateLimit-*` headers, if any.
+
+    `headers` must look names up case-insensitively (requests' headers do). Reset is read as
+    delta seconds, or as a Unix timestamp when it is that large (GitHub-style X-RateLimit-Reset).
+    """
+    for prefix in ("RateLimit-", "X-RateLimit-"):
+        limit = _first_int(headers.get(prefix + "Limit"))
+        if limit is None or limit <= 0:
+            continue
+        remaining = _first_int(headers.get(prefix + "Remaining"))
+        reset: float | None = None
+        raw_reset = headers.get(prefix + "Reset")
+        if raw_reset is not None:
+            try:
+                value = float(raw_reset.strip())
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value) and value >= 0:
+                if value > _EPOCH_THRESHOLD:
+                    value -= time.time() if wall_now is None else wall_now
+                reset = max(0.0, value)
+        window = None
+        for source in (headers.get("RateLimit-Policy"), headers.get(prefix + "Limit")):
+            match = _WINDOW.search(source or "")
+            if match and float(match.group(1)) > 0:
+                window = float(match.group(1))
+                break
+        return Announced(limit, remaining, reset, window)
+    return None
+
+
+@dataclass
+class Ticket:
+    """One request's slot: when it was sent and whether it probes a reopened gate."""
+
+    sent_at: float
+    seq: int
+    probe: bool = False
+    done: bool = False
+
+
+class Throttle:
+    """The account's shared pacer and gate (see the module docstring)."""
+
+    def __init__(
+        self,
+        ceiling: float = 0.0,
+        share: float = 1.0,
+        *,
+        max_throttle_seconds: float = 600.0,
+        window: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < share <= 1:
+            raise ValueError("share must be in (0, 1]")
+        self.ceiling = float(ceiling)  # 0 = none
+        self.share = float(share)
+        self.max_throttle_seconds = float(max_throttle_seconds)
+        self.window = float(window)
+        self._clock, self._sleep, self._wall = clock, sleep, wall
+        self._cond = threading.Condition(threading.Lock())
+
+        # Learned state.
+        self.pace: float | None = self.ceiling or None  # requests/s; None = unpaced
+        self.hi: float | None = None  # the learned limit estimate
+        self._changed_at = 0.0
+        # Announced state.
+        self.announced: Announced | None = None
+        self._announced_window: float | None = None
+        self._quota: int | None = None  # what we may still send before `_quota_reset_at`
+        self._quota_seq = 0  # the sequence number `_quota` was counted at
+        self._quota_reset_at = 0.0
+        # Slots and gate.
+        self._next = 0.0
+        self._gate = 0.0
+        self._event_at = -math.inf  # when the current 429 event closed the gate
+        self._probe_wanted = False
+        self._probe: Ticket | None = None
+        self._pause_streak = 0  # 429 events in a row with nothing accepted between them
+        self._since_open = 0  # answers accepted since the gate last closed
+        self._seq = 0
+        # History: accepted answers (times), closed-gate intervals, for the accepted pace.
+        self._accepted: deque[float] = deque()
+        self._gates: deque[tuple[float, float]] = deque()
+        self._first_sent: float | None = None
+        # Counters, for logs and tests.
+        self.throttled = 0  # 429 answers
+        self.events = 0  # 429 events (waves)
+        self.throttled_seconds = 0.0
+
+    # -- the pace -----------------------------------------------------------------------------
+
+    def _cap(self) -> float | None:
+        """The pace slots are spaced at now: the smallest of every bound that applies."""
+        bounds = [b for b in (self.ceiling or None, self.pace) if b]
+        if self.hi is not None and self.share < 1:
+            bounds.append(self.share * self.hi)
+        announced = self._announced_pace(self._clock())
+        if announced is not None:
+            bounds.append(announced)
+        return max(FLOOR, min(bounds)) if bounds else None
+
+    def _announced_pace(self, now: float) -> float | None:
+        ann = self.announced
+        if ann is None:
+            return None
+        window = ann.window or self._announced_window
+        pace = None
+        if window:
+            pace = ANNOUNCED_MARGIN * self.share * ann.limit / window
+        if self._quota is not None and now < self._quota_reset_at:
+            left = self._quota_reset_at - now
+            if left > 0.05:
+                spread = max(self._quota_left(), 0) / left
+                pace = spread if pace is None else min(pace, max(spread, FLOOR))
+        return pace
+
+    def _quota_left(self) -> int:
+        assert self._quota is not None
+        return self._quota - (self._seq - self._quota_seq)
+
+    # -- slots --------------------------------------------------------------------------------
+
+    def acquire(self) -> Ticket:
+        """Wait for this thread's slot and return its ticket; every ticket must be settled with
+        `answered`, `throttled` or `failed`."""
+        with self._cond:
+            while True:
+                now = self._clock()
+                if self._probe is not None:
+                    # The gate reopened and its probe is out: wait for its answer.
+                    self._cond.wait(timeout=0.05)
+                    continue
+                start = max(now, self._gate, self._next)
+                if (self._quota is not None and self._quota_left() <= 0
+                        and now < self._quota_reset_at):
+                    start = max(start, self._quota_reset_at)
+                if start > now:
+                    self._cond.release()
+                    try:
+                        self._sleep(start - now)
+                    finally:
+                        self._cond.acquire()
+                    continue
+                cap = self._cap()
+                self._next = now + 1.0 / cap if cap else now
+                self._seq += 1
+                ticket = Ticket(now, self._seq)
+                if self._first_sent is None:
+                    self._first_sent = now
+                if self._probe_wanted:
+                    self._probe_wanted = False
+                    ticket.probe = True
+                    self._probe = ticket
+                return ticket
+
+    def _settle(self, ticket: Ticket) -> None:
+        ticket.done = True
+        if self._probe is ticket:
+            self._probe = None
+            self._cond.notify_all()
+
+    def failed(self, ticket: Ticket) -> None:
+        """The request got no answer (reset, timeout, broken body): the retry policy's business."""
+        with self._cond:
+            if ticket.done:
+                return
+            if ticket.probe:
+                self._probe_wanted = True  # the next request probes instead
+            self._settle(ticket)
+
+    def answered(self, ticket: Ticket, headers: Mapping[str, str] | None = None) -> None:
+        """The server answered something other than 429 (it counted against the limit)."""
+        with self._cond:
+            if ticket.done:
+                return
+            now = self._clock()
+            self._settle(ticket)
+            self._pause_streak = 0
+            self._since_open += 1
+            self._accepted.append(now)
+            self._trim(now)
+            if headers is not None:
+                self._read_headers(ticket, headers, now)
+            self._grow(now)
+
+    def throttled_for(
+        self, ticket: Ticket, retry_after: float | None, headers: Mapping[str, str] | None = None
+    ) -> float:
+        """The server answered 429: close the gate; returns how long it stays closed from now.
+
+        Raises ThrottleExhausted once the closed-gate time exceeds `max_throttle_seconds`."""
+        with self._cond:
+            now = self._clock()
+            self._settle(ticket)
+            self.throttled += 1
+            if headers is not None:
+                self._read_headers(ticket, headers, now)
+            same_event = ticket.sent_at < self._event_at
+            if not same_event:
+                self.events += 1
+                self._event_at = now
+                if not ticket.probe:
+                    self._decrease(now)
+                self._since_open = 0
+            if retry_after is None:
+                if not same_event:
+                    self._pause_streak += 1
+                pause = min(MAX_DEFAULT_PAUSE, DEFAULT_PAUSE * 2 ** max(0, self._pause_streak - 1))
+            else:
+                pause = retry_after
+            if self._quota is not None and self._quota_left() <= 0 and self._quota_reset_at > now:
+                pause = max(pause, self._quota_reset_at - now)
+            until = now + pause
+            if until > self._gate:
+                self.throttled_seconds += until - max(self._gate, now)
+                self._gates.append((max(self._gate, now), until))
+                self._gate = until
+            self._next = max(self._next, self._gate)
+            self._probe_wanted = True
+            if self.throttled_seconds > self.max_throttle_seconds:
+                raise ThrottleExhausted(
+                    f"rate limited (HTTP 429) for {self.throttled_seconds:.0f} s in total, more "
+                    f"than [api].max_throttle_seconds = {self.max_throttle_seconds:g}"
+                )
+            return self._gate - now
+
+    # -- learning -----------------------------------------------------------------------------
+
+    def _trim(self, now: float) -> None:
+        horizon = now - self.window
+        while self._accepted and self._accepted[0] < horizon:
+            self._accepted.popleft()
+        while self._gates and self._gates[0][1] < horizon:
+            self._gates.popleft()
+
+    def _active(self, since: float, now: float) -> float:
+        """Seconds in [since, now] the gate was open."""
+        closed = sum(max(0.0, min(end, now) - max(start, since)) for start, end in self._gates)
+        return max(0.0, now - since - closed)
+
+    def accepted_pace(self, now: float | None = None) -> tuple[float, float] | None:
+        """(accepted answers per open-gate second, the open-gate seconds measured) over the
+        window, or None before anything was sent."""
+        now = self._clock() if now is None else now
+        if self._first_sent is None:
+            return None
+        since = max(self._first_sent, now - self.window)
+        active = self._active(since, now)
+        count = sum(1 for t in self._accepted if t >= since)
+        return (count / active if active > 0 else math.inf), active
+
+    def _decrease(self, now: float) -> None:
+        if self.announced is not None and (self.announced.window or self._announced_window):
+            return  # the server states its limit; the quota guard and the gate handle a miss
+        self._trim(now)
+        measured = self.accepted_pace(now)
+        accepted, active = measured if measured is not None else (math.inf, 0.0)
+        refused = self.pace
+        if refused is None:
+            # Unpaced until now: what the server accepted is the best estimate there is.
+            refused = accepted if math.isfinite(accepted) and accepted > 0 else None
+        elif math.isfinite(accepted) and active >= self.window * 0.9:
+            refused = min(refused, accepted)
+        # A 429 within a few answers of the gate reopening means the pace was far too high.
+        beta = BETA if self._since_open >= SETTLED else FAST_BETA
+        self._changed_at = now
+        if refused is None:
+            self.hi = None  # nothing learned: start slowly and double (slow start)
+            self.pace = max(FLOOR, START_PACE if self.pace is None else self.pace * FAST_BETA)
+            return
+        if self.ceiling:
+            refused = min(refused, self.ceiling)
+        self.hi = refused
+        self.pace = max(FLOOR, beta * refused)
+
+    def _grow(self, now: float) -> None:
+        if self.pace is None or self.announced is not None:
+            return
+        confirm = max(1.0, 8.0 / self.pace)
+        if now - self._changed_at < confirm:
+            return
+        self._changed_at = now
+        if self.hi is None:
+            pace = 2 * self.pace  # slow start: no limit known yet
+        else:
+            step = STEP_FAR if self.pace < NEAR * self.hi else STEP_NEAR
+            pace = self.pace + step * self.hi
+            if self.share < 1:
+                pace = min(pace, self.share * self.hi)
+            elif pace > self.hi:
+                self.hi = pace  # probing above the old estimate, unrefused so far
+        if self.ceiling:
+            pace = min(pace, self.ceiling)
+        self.pace = pace
+
+    def _read_headers(self, ticket: Ticket, headers: Mapping[str, str], now: float) -> None:
+        ann = parse_rate_headers(headers, self._wall())
+        if ann is None:
+            return
+        self.announced = ann
+        if ann.reset is not None and ann.window is None:
+            longest = self._announced_window or 0.0
+            self._announced_window = max(longest, ann.reset, 1.0)
+        if ann.remaining is not None and ann.reset is not None and ticket.seq >= self._quota_seq:
+            # Requests sent after this one are not in the server's count yet.
+            self._quota = ann.remaining
+            self._quota_seq = ticket.seq
+            self._quota_reset_at = now + ann.reset
