@@ -71,11 +71,21 @@ START_PACE = 1.0
 # Additive increase per confirm period, as a share of the limit estimate: far below it, near it.
 STEP_FAR = 0.05
 STEP_NEAR = 0.01
+MAX_PROBE_STEP = 0.25
+# Seconds held under a refused pace before probing above it: doubles with every 429 event.
+HOLD = 5.0
+MAX_HOLD = 60.0
 NEAR = 0.97
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
 # The slowest pace ever set, in requests per second.
 FLOOR = 0.2
+# The shortest span a pace is measured over, in seconds.
+MIN_SPAN = 1.0
+# Seconds without a 429 before the pace grows a step.
+CONFIRM = 1.0
+# The cold-start window stops at this many requests in flight.
+MAX_WINDOW = 64
 # Pause after a 429 without Retry-After: first, and the most it doubles to.
 DEFAULT_PAUSE = 1.0
 MAX_DEFAULT_PAUSE = 30.0
@@ -189,7 +199,16 @@ class Throttle:
         self._probe_wanted = False
         self._probe: Ticket | None = None
         self._pause_streak = 0  # 429 events in a row with nothing accepted between them
-        self._since_open = 0  # answers accepted since the gate last closed
+        self._since_open = 0  # answers accepted since the gate last reopened
+        # Requests in flight, and how many may be before the first 429 (None: no bound): it
+        # starts at one and grows by one per answer, so a cold start's first wave of 429s is
+        # small, and stops mattering after a few round trips.
+        self._inflight = 0
+        self._window: int | None = None if self.ceiling else 1
+        self._probe_step = STEP_NEAR
+        self._opened_at = 0.0  # when the gate last reopened (or the first request)
+        self._burst: int | None = None  # answers accepted before the first 429
+        self._hi_firm = False  # whether `hi` is a pace that was kept and refused
         self._seq = 0
         # History: accepted answers (times), closed-gate intervals, for the accepted pace.
         self._accepted: deque[float] = deque()
@@ -239,8 +258,11 @@ class Throttle:
         with self._cond:
             while True:
                 now = self._clock()
-                if self._probe is not None:
-                    # The gate reopened and its probe is out: wait for its answer.
+                if self._probe is not None or (
+                    self._window is not None and self._inflight >= self._window
+                ):
+                    # A probe is out after the gate reopened, or the cold-start window is full:
+                    # wait for an answer.
                     self._cond.wait(timeout=0.05)
                     continue
                 start = max(now, self._gate, self._next)
@@ -257,20 +279,24 @@ class Throttle:
                 cap = self._cap()
                 self._next = now + 1.0 / cap if cap else now
                 self._seq += 1
+                self._inflight += 1
                 ticket = Ticket(now, self._seq)
                 if self._first_sent is None:
-                    self._first_sent = now
+                    self._first_sent = self._opened_at = now
                 if self._probe_wanted:
                     self._probe_wanted = False
+                    self._opened_at = now
+                    self._since_open = 0
                     ticket.probe = True
                     self._probe = ticket
                 return ticket
 
     def _settle(self, ticket: Ticket) -> None:
         ticket.done = True
+        self._inflight -= 1
         if self._probe is ticket:
             self._probe = None
-            self._cond.notify_all()
+        self._cond.notify_all()
 
     def failed(self, ticket: Ticket) -> None:
         """The request got no answer (reset, timeout, broken body): the retry policy's business."""
@@ -290,6 +316,10 @@ class Throttle:
             self._settle(ticket)
             self._pause_streak = 0
             self._since_open += 1
+            if self._window is not None:
+                self._window += 1  # doubles every round trip, as TCP's slow start does
+                if self._window >= MAX_WINDOW:
+                    self._window = None
             self._accepted.append(now)
             self._trim(now)
             if headers is not None:
@@ -309,12 +339,12 @@ class Throttle:
             if headers is not None:
                 self._read_headers(ticket, headers, now)
             same_event = ticket.sent_at < self._event_at
+            self._window = None  # from the first 429 on, the pace bounds the flow
             if not same_event:
                 self.events += 1
                 self._event_at = now
                 if not ticket.probe:
                     self._decrease(now)
-                self._since_open = 0
             if retry_after is None:
                 if not same_event:
                     self._pause_streak += 1
@@ -362,46 +392,67 @@ class Throttle:
         count = sum(1 for t in self._accepted if t >= since)
         return (count / active if active > 0 else math.inf), active
 
+    def wall_pace(self, now: float) -> float | None:
+        """Accepted answers per second of wall time (closed-gate time included) over the
+        window, or None before anything was sent: in a throttled steady state, the limit."""
+        if self._first_sent is None:
+            return None
+        since = max(self._first_sent, now - self.window)
+        count = sum(1 for t in self._accepted if t >= since)
+        return count / max(now - since, MIN_SPAN)
+
     def _decrease(self, now: float) -> None:
         if self.announced is not None and (self.announced.window or self._announced_window):
             return  # the server states its limit; the quota guard and the gate handle a miss
         self._trim(now)
-        measured = self.accepted_pace(now)
-        accepted, active = measured if measured is not None else (math.inf, 0.0)
-        refused = self.pace
-        if refused is None:
-            # Unpaced until now: what the server accepted is the best estimate there is.
-            refused = accepted if math.isfinite(accepted) and accepted > 0 else None
-        elif math.isfinite(accepted) and active >= self.window * 0.9:
-            refused = min(refused, accepted)
-        # A 429 within a few answers of the gate reopening means the pace was far too high.
-        beta = BETA if self._since_open >= SETTLED else FAST_BETA
+        active = max(now - self._opened_at, 1e-3)
+        accepted = self._since_open
+        if self._burst is None:
+            self._burst = accepted  # the first run holds the whole burst (and a little more)
+            refused = self.pace if self.pace is not None else accepted / active
+            lower = self.wall_pace(now) or 0.0
+        else:
+            refused = self.pace if self.pace is not None else accepted / active
+            # After a pause the bucket refills; what came through beyond that is the rate.
+            corrected = (accepted - self._burst) / active if active >= 0.5 else 0.0
+            lower = max(self.wall_pace(now) or 0.0, corrected)
         self._changed_at = now
-        if refused is None:
+        self._probe_step = STEP_NEAR
+        if refused <= 0 or not math.isfinite(refused):
             self.hi = None  # nothing learned: start slowly and double (slow start)
             self.pace = max(FLOOR, START_PACE if self.pace is None else self.pace * FAST_BETA)
             return
         if self.ceiling:
             refused = min(refused, self.ceiling)
-        self.hi = refused
-        self.pace = max(FLOOR, beta * refused)
+        # The pace refused is a firm upper bound only when it was a pace we kept.
+        self._hi_firm = self.pace is not None
+        self.hi = refused if self.hi is None else min(self.hi, refused)
+        if accepted >= SETTLED:
+            self.pace = max(FLOOR, BETA * refused)
+        else:
+            self.pace = max(FLOOR, min(BETA * refused, max(lower, FAST_BETA * refused)))
 
     def _grow(self, now: float) -> None:
         if self.pace is None or self.announced is not None:
             return
-        confirm = max(1.0, 8.0 / self.pace)
-        if now - self._changed_at < confirm:
+        if now - self._changed_at < CONFIRM:
             return
         self._changed_at = now
         if self.hi is None:
             pace = 2 * self.pace  # slow start: no limit known yet
+        elif self._hi_firm and self.pace < NEAR * self.hi:
+            pace = self.pace + (self.hi - self.pace) / 4  # back toward the refused pace
+        elif now - self._event_at < min(MAX_HOLD, HOLD * 2 ** (self.events - 1)):
+            return  # hold just under the refused pace for a while before probing above it
         else:
-            step = STEP_FAR if self.pace < NEAR * self.hi else STEP_NEAR
-            pace = self.pace + step * self.hi
-            if self.share < 1:
-                pace = min(pace, self.share * self.hi)
-            elif pace > self.hi:
-                self.hi = pace  # probing above the old estimate, unrefused so far
+            # At the estimate: probe above it, slowly at first, then faster while unrefused
+            # (a limit far above shows up within seconds; one just above costs a rare 429).
+            pace = self.pace + self._probe_step * self.hi
+            self._probe_step = min(MAX_PROBE_STEP, 2 * self._probe_step)
+            if self.share >= 1:
+                self.hi = max(self.hi, pace)
+        if self.hi is not None and self.share < 1:
+            pace = min(pace, self.share * self.hi)
         if self.ceiling:
             pace = min(pace, self.ceiling)
         self.pace = pace
