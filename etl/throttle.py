@@ -71,10 +71,12 @@ START_PACE = 1.0
 # Additive increase per confirm period, as a share of the limit estimate: far below it, near it.
 STEP_FAR = 0.05
 STEP_NEAR = 0.01
-MAX_PROBE_STEP = 0.25
+PROBE_AFTER = 3.0
+# Growth per confirm period while the only estimate is a cold start's guess.
+UNSURE_GROWTH = 1.25
 # Seconds held under a refused pace before probing above it: doubles with every 429 event.
-HOLD = 5.0
-MAX_HOLD = 60.0
+HOLD = 3.0
+MAX_HOLD = 30.0
 NEAR = 0.97
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
@@ -205,10 +207,11 @@ class Throttle:
         # small, and stops mattering after a few round trips.
         self._inflight = 0
         self._window: int | None = None if self.ceiling else 1
-        self._probe_step = STEP_NEAR
+        self._held_pace: float | None = None  # the pace a probe above the estimate started at
         self._opened_at = 0.0  # when the gate last reopened (or the first request)
         self._burst: int | None = None  # answers accepted before the first 429
         self._hi_firm = False  # whether `hi` is a pace that was kept and refused
+        self._target = 0.0  # the pace held after a 429 event, before probing above it
         self._seq = 0
         # History: accepted answers (times), closed-gate intervals, for the accepted pace.
         self._accepted: deque[float] = deque()
@@ -417,7 +420,7 @@ class Throttle:
             corrected = (accepted - self._burst) / active if active >= 0.5 else 0.0
             lower = max(self.wall_pace(now) or 0.0, corrected)
         self._changed_at = now
-        self._probe_step = STEP_NEAR
+        self._held_pace = None
         if refused <= 0 or not math.isfinite(refused):
             self.hi = None  # nothing learned: start slowly and double (slow start)
             self.pace = max(FLOOR, START_PACE if self.pace is None else self.pace * FAST_BETA)
@@ -428,9 +431,15 @@ class Throttle:
         self._hi_firm = self.pace is not None
         self.hi = refused if self.hi is None else min(self.hi, refused)
         if accepted >= SETTLED:
-            self.pace = max(FLOOR, BETA * refused)
+            pace = BETA * refused
         else:
-            self.pace = max(FLOOR, min(BETA * refused, max(lower, FAST_BETA * refused)))
+            pace = min(BETA * refused, max(lower, FAST_BETA * refused))
+        # Far above the limit, the server let through about its own pace over the window.
+        measured = self.accepted_pace(now)
+        if self._hi_firm and measured is not None and math.isfinite(measured[0]):
+            pace = min(pace, measured[0])
+        self.pace = max(FLOOR, pace)
+        self._target = max(self.pace, min(NEAR * refused, measured[0] if measured else 0.0))
 
     def _grow(self, now: float) -> None:
         if self.pace is None or self.announced is not None:
@@ -440,15 +449,23 @@ class Throttle:
         self._changed_at = now
         if self.hi is None:
             pace = 2 * self.pace  # slow start: no limit known yet
-        elif self._hi_firm and self.pace < NEAR * self.hi:
-            pace = self.pace + (self.hi - self.pace) / 4  # back toward the refused pace
-        elif now - self._event_at < min(MAX_HOLD, HOLD * 2 ** (self.events - 1)):
-            return  # hold just under the refused pace for a while before probing above it
+        elif not self._hi_firm:
+            # Only a cold start's guess so far (its pace was the ramp's, not the server's
+            # limit): grow geometrically until a pace we keep is refused.
+            pace = self.pace * UNSURE_GROWTH
+            self.hi = max(self.hi, pace)
+        elif self.pace < self._target * 0.995:
+            pace = self.pace + (self._target - self.pace) / 2  # back up to the hold level
         else:
-            # At the estimate: probe above it, slowly at first, then faster while unrefused
-            # (a limit far above shows up within seconds; one just above costs a rare 429).
-            pace = self.pace + self._probe_step * self.hi
-            self._probe_step = min(MAX_PROBE_STEP, 2 * self._probe_step)
+            # At the estimate: hold, then probe above it along a cubic (CUBIC's convex phase):
+            # +1% PROBE_AFTER s into the probe, +8% at twice that, so a limit just above costs
+            # a rare 429 while a limit far above is found within seconds.
+            held = now - self._event_at - min(MAX_HOLD, HOLD * 2 ** (self.events - 1))
+            if held <= 0:
+                return
+            if self._held_pace is None:
+                self._held_pace = max(self.pace, self._target)
+            pace = max(self.pace, self._held_pace * (1 + STEP_NEAR * (held / PROBE_AFTER) ** 3))
             if self.share >= 1:
                 self.hi = max(self.hi, pace)
         if self.hi is not None and self.share < 1:
