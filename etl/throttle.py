@@ -82,6 +82,8 @@ NEAR = 0.97
 ANNOUNCED_MARGIN = 0.98
 # The slowest pace ever set, in requests per second.
 FLOOR = 0.2
+# How late a slot may be taken and still count from its planned time, in slots.
+CATCH_UP = 0.25
 # The shortest span a pace is measured over, in seconds.
 MIN_SPAN = 1.0
 # Seconds without a 429 before the pace grows a step.
@@ -280,7 +282,13 @@ class Throttle:
                         self._cond.acquire()
                     continue
                 cap = self._cap()
-                self._next = now + 1.0 / cap if cap else now
+                if cap:
+                    # Count from the slot's planned time, so a late wake-up does not slow the
+                    # pace; idle time is not banked beyond a quarter of a slot.
+                    interval = 1.0 / cap
+                    self._next = max(self._next, self._gate, now - CATCH_UP * interval) + interval
+                else:
+                    self._next = now
                 self._seq += 1
                 self._inflight += 1
                 ticket = Ticket(now, self._seq)
