@@ -286,7 +286,9 @@ class Throttle:
                     # Count from the slot's planned time, so a late wake-up does not slow the
                     # pace; idle time is not banked beyond a quarter of a slot.
                     interval = 1.0 / cap
-                    self._next = max(self._next, self._gate, now - CATCH_UP * interval) + interval
+                    planned = max(self._next, self._gate)
+                    base = planned if planned >= now - CATCH_UP * interval else now
+                    self._next = base + interval
                 else:
                     self._next = now
                 self._seq += 1
@@ -349,7 +351,7 @@ class Throttle:
             self.throttled += 1
             if headers is not None:
                 self._read_headers(ticket, headers, now)
-            same_event = ticket.sent_at < self._event_at
+            same_event = ticket.sent_at <= self._event_at
             self._window = None  # from the first 429 on, the pace bounds the flow
             if not same_event:
                 self.events += 1
@@ -461,7 +463,8 @@ class Throttle:
             # Only a cold start's guess so far (its pace was the ramp's, not the server's
             # limit): grow geometrically until a pace we keep is refused.
             pace = self.pace * UNSURE_GROWTH
-            self.hi = max(self.hi, pace)
+            if self.share >= 1:
+                self.hi = max(self.hi, pace)
         elif self.pace < self._target * 0.995:
             pace = self.pace + (self._target - self.pace) / 2  # back up to the hold level
         else:
