@@ -10,7 +10,7 @@ help:
 	@echo "make demo   simulator -> etl sync -> ./demo.db (SQLite), then etl status"
 	@echo "make test   the whole test suite (PostgreSQL/MariaDB tests skip if no server)"
 	@echo "make lint   ruff and mypy"
-	@echo "make bench  throughput benchmarks (prints a table)"
+	@echo "make bench  throughput benchmarks and request budgets (prints tables)"
 
 # Runtime install: what a user of the demo needs.
 $(BIN)/.runtime: pyproject.toml
@@ -37,6 +37,7 @@ lint: $(BIN)/.dev
 bench: $(BIN)/.dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "dlt could not be installed; its rows will say so"
 	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench_dynamics.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -161,7 +161,7 @@ def _exit_code(results: list[AccountResult]) -> int:
     return EXIT_OK
 
 
-def _print_result(settings: Settings, result: AccountResult, progress: Progress | None) -> None:
+def _print_result(settings: Settings, result: AccountResult, progress: ProgressLine | None) -> None:
     if progress is not None:
         progress.clear()
     summary = result.summary()
@@ -169,18 +169,20 @@ def _print_result(settings: Settings, result: AccountResult, progress: Progress 
         line = json.dumps({"event": "summary", **summary})
         click.echo(line)
     elif result.outcome != "ok" or settings.verbosity >= 0:
-        fields = " ".join(
-            f"{k}={summary[k]}"
-            for k in ("new", "updated", "unchanged", "rejected", "requests", "seconds")
-        )
+        keys = ["new", "updated", "unchanged", "rejected", "requests", "seconds"]
+        if result.deleted:
+            keys.insert(4, "deleted")
+        fields = " ".join(f"{k}={summary[k]}" for k in keys)
         click.echo(f"{result.account}: {result.outcome} {fields}")
+    if result.notice and settings.log_format != "json":
+        click.echo(f"etl: {result.account}: {result.notice}", err=True)
     if result.outcome == "failed":
         click.echo(f"etl: error: {result.account}: {result.error}", err=True)
     elif result.outcome == "skipped" and settings.log_format != "json":
         click.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
-class Progress:
+class ProgressLine:
     """A one-line progress display on a terminal; does nothing when stderr is not one."""
 
     def __init__(self, enabled: bool) -> None:
@@ -189,16 +191,17 @@ class Progress:
         self._state: dict[str, tuple[int, int]] = {}
         self._last = 0.0
 
-    def __call__(self, account: str, pages: int, calls: int) -> None:
+    def __call__(self, account: str, calls: int, expected: int | None) -> None:
         if not self.enabled:
             return
         with self._lock:
-            self._state[account] = (pages, calls)
+            self._state[account] = (calls, expected or 0)
             now = time.monotonic()
             if now - self._last < 0.1:
                 return
             self._last = now
-            parts = [f"{name}: {p} pages, {c:,} calls" for name, (p, c) in self._state.items()]
+            parts = [f"{name}: {c:,}" + (f"/{e:,}" if e else "") + " calls"
+                     for name, (c, e) in self._state.items()]
             sys.stderr.write("\r\033[K" + " | ".join(parts)[:200])
             sys.stderr.flush()
 
@@ -218,7 +221,7 @@ def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wai
         account.token()  # a missing token is a configuration error, before any request
     engine = settings.engine(config)
     upgrade(engine)
-    progress = Progress(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
+    progress = ProgressLine(sys.stderr.isatty() and settings.log_format == "text" and settings.verbosity >= 0)
     results = run_accounts(
         engine, config, selected, job, jobs=jobs, wait=wait, progress=progress,
         on_result=lambda r: _print_result(settings, r, progress),
@@ -304,12 +307,12 @@ def status(settings: Settings, as_json: bool) -> None:
     if not rows:
         click.echo("no accounts synced yet")
         return
-    headers = ["account", "auth_id", "last success", "watermark", "calls", "open", "rejects",
-               "last run", "error"]
+    headers = ["account", "auth_id", "last success", "watermark", "window from", "calls", "open",
+               "deleted", "rejects", "last run", "error"]
     table = [
         [r.account_name, r.account_id, _when(r.last_success_at), _when(r.watermark),
-         f"{r.calls:,}", str(r.open_calls), str(r.rejects), r.last_outcome or "-",
-         (r.last_error or "")[:60]]
+         _when(r.window_start), f"{r.calls:,}", str(r.open_calls), str(r.deleted_calls),
+         str(r.rejects), r.last_outcome or "-", (r.last_error or "")[:60]]
         for r in rows
     ]
     click.echo(_table(headers, table))
@@ -358,7 +361,7 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     for account in selected:
         client = VoxClient(account, config.api, account.token())
         try:
-            result = reconcile(engine, client, account.name)
+            result = reconcile(engine, client, account.name, start_date=config.sync.start_date)
         except EtlError as exc:
             failed = True
             click.echo(f"etl: error: {account.name}: {exc}", err=True)
@@ -395,7 +398,62 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     sys.exit(EXIT_FAILED if mismatched or failed else EXIT_OK)
 
 
-@cli.command()
+class _SimulateCommand(click.Command):
+    """`etl simulate` reports a bad option in one line (exit 2), like a bad config key."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            click.echo(f"etl: error: simulate: {exc.format_message()}", err=True)
+            raise click.exceptions.Exit(EXIT_USAGE) from None
+
+
+class _RateWindowType(click.ParamType):
+    name = "N/SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> tuple[int, float]:
+        if isinstance(value, tuple):
+            return value
+        from .simulator.config import parse_rate_window
+
+        try:
+            return parse_rate_window(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _SecondsType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        from .config import parse_duration
+
+        try:
+            return parse_duration(value).total_seconds()
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_SIM_FLAGS = {"finish_after_s": "--finish-after", "late_max_age_s": "--late-max-age",
+              "window_limit": "--rate-window", "window_seconds": "--rate-window"}
+
+
+def _flag_names(message: str) -> str:
+    """A SimulatorConfig message, with field names as the flags that set them."""
+    import re
+
+    from .simulator import SimulatorConfig
+
+    names = "|".join(sorted(SimulatorConfig.__dataclass_fields__, key=len, reverse=True))
+    return re.sub(rf"\b({names})\b",
+                  lambda m: _SIM_FLAGS.get(m[1], "--" + m[1].replace("_", "-")), message)
+
+
+@cli.command(cls=_SimulateCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port; 0 picks a free one.")
@@ -405,6 +463,32 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
 @click.option("--days", type=click.FloatRange(0), default=30, show_default=True,
               help="History the calls span, ending now.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--burst-every", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="History: every Nth call opens a burst of --burst-calls calls in one second.")
+@click.option("--burst-calls", type=click.IntRange(0), default=0, show_default=True, metavar="K",
+              help="Calls per history burst (2..N; more than a page tests ties across pages).")
+@click.option("--drift-rate", type=click.FloatRange(0), default=0, show_default=True,
+              help="New calls per second per account arriving at the head while serving.")
+@click.option("--burst-size", type=click.IntRange(1), default=1, show_default=True, metavar="K",
+              help="Drift arrives K calls at a time, sharing one start_time second.")
+@click.option("--drift-per-request", type=click.IntRange(0), default=0, show_default=True,
+              metavar="N", help="New calls arriving after every page answered.")
+@click.option("--open-fraction", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Share of new calls that arrive ringing or in progress.")
+@click.option("--finish-after", type=click.FloatRange(0), default=None, metavar="SECONDS",
+              help="Open calls finish this long after they appear (default: never by themselves).")
+@click.option("--retention-days", type=click.FloatRange(0), default=None, metavar="D",
+              help="The list keeps D days: older calls leave it continuously, also while you page.")
+@click.option("--expire-rate", type=click.FloatRange(0), default=0, show_default=True,
+              metavar="N", help="Besides the clock, the N oldest calls per second leave the list.")
+@click.option("--delete-rate", type=click.FloatRange(0), default=0, show_default=True,
+              metavar="N", help="Random calls per second vanish from inside the window.")
+@click.option("--late-rate", type=click.FloatRange(0), default=0, show_default=True, metavar="N",
+              help="Calls per second listed late, behind the head.")
+@click.option("--late-max-age", "late_max_age_s", type=_SecondsType(), default="1h",
+              show_default=True,
+              help="How much older than now a late call may be: 90s, 30m, 2h, 2d (log-uniform, "
+                   "mostly minutes).")
 @click.option("--latency-ms", type=click.FloatRange(0), default=0, show_default=True,
               help="Delay before every answer.")
 @click.option("--error-rate", type=click.FloatRange(0, 1), default=0, show_default=True,
@@ -413,38 +497,70 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
               help="Share of requests whose connection is reset.")
 @click.option("--truncate-rate", type=click.FloatRange(0, 1), default=0, show_default=True,
               help="Share of answers cut off mid-body.")
-@click.option("--rate-limit", type=click.FloatRange(0), default=0, show_default=True,
-              help="Requests per second allowed per account; more get 429 with Retry-After.")
 @click.option("--per-page-cap", type=click.IntRange(1, 100), default=100, show_default=True,
               help="Largest page the server grants.")
-@click.option("--drift-rate", type=click.FloatRange(0), default=0, show_default=True,
-              help="New calls per second per account arriving while serving.")
-@click.option("--finish-after", type=click.FloatRange(0), default=None,
-              help="Open calls finish after this many seconds.")
+@click.option("--rate-limit", type=click.FloatRange(0), default=0, show_default=True,
+              metavar="RPS", help="Token bucket: requests per second per account; more get 429.")
+@click.option("--rate-burst", type=click.FloatRange(1), default=None, metavar="N",
+              help="Token bucket size  [default: rate/5, between 1 and 10].")
+@click.option("--rate-window", type=_RateWindowType(), default=None,
+              help="Fixed window per account, e.g. 300/5 (Plivo's default: 300 requests per 5 s); "
+                   "combines with --rate-limit.")
+@click.option("--rate-headers", type=click.Choice(["none", "ietf", "x", "both"]), default="none",
+              show_default=True,
+              help="Announce the limit: RateLimit-* (Reset in seconds), X-RateLimit-* (Reset as "
+                   "epoch seconds), both, or none (the usual: the client must find it).")
+@click.option("--retry-after-format", type=click.Choice(["seconds", "http-date", "both", "none"]),
+              default="both", show_default=True,
+              help="Retry-After on a 429: delta seconds, an HTTP date, alternating, or absent.")
+@click.option("--foreign-rate", type=click.FloatRange(0), default=0, show_default=True,
+              metavar="RPS",
+              help="The customer's own requests per second, drawing on the same limits.")
 @click.option("--write-config", type=click.Path(dir_okay=False), default=None,
               help="Write a config.toml for the simulated accounts here (database from --database-url).")
 @click.pass_obj
 @reports_errors
 def simulate(settings: Settings, write_config: str | None, finish_after: float | None,
-             **options: Any) -> None:
-    """Serve a local Vox API with realistic data, for demos, tests and benchmarks.
+             rate_window: tuple[int, float] | None, **options: Any) -> None:
+    """Serve a local Vox API that behaves like a real provider, for demos, tests and benchmarks.
 
     Serves GET /v1/voice/accounts/{auth_id}/calls exactly as the API reference describes
-    (auth, filters, pagination), with optional latency, errors, resets, rate limits and
-    drift. Prints its base URL and the demo tokens; stops on Ctrl-C.
+    (auth, filters, pagination), over seeded, realistic data. Prints its base URL and the
+    demo tokens; stops on Ctrl-C.
 
     \b
-    Example:
+    Like a real provider, if you ask it to:
+      - the list changes at both ends: new calls arrive at the head (--drift-rate), the
+        oldest leave it (--retention-days, --expire-rate), calls vanish from inside it
+        (--delete-rate) or are listed late, behind the head (--late-rate);
+      - many calls share one start_time second (--burst-size, --burst-every/--burst-calls);
+        ties are ordered consistently (the call listed later first);
+      - per-account rate limits nobody announces (--rate-limit, --rate-window), shared with
+        the customer's own traffic (--foreign-rate), optionally announced (--rate-headers);
+      - latency, 5xx (some HTML), connection resets, truncated bodies, a lower page cap.
+
+    \b
+    Test hooks on the same port, loopback only, JSON in and out (GET /_sim/help lists them):
+      curl -s -XPOST localhost:8765/_sim/add-calls -d '{"auth_id":"MA100001","n":250}'
+      curl -s -XPOST localhost:8765/_sim/delete -d '{"auth_id":"MA100001","call_uuid":"..."}'
+      curl -s 'localhost:8765/_sim/stats?auth_id=MA100001'
+
+    \b
+    Examples:
       etl simulate --port 8765 --accounts 2 --calls 50000 --error-rate 0.05 --drift-rate 5
+      etl simulate --calls 20000 --drift-rate 20 --expire-rate 20 --late-rate 0.2
+      etl simulate --rate-window 300/5 --foreign-rate 30 --retry-after-format none
     """
     from .config import render_config
     from .simulator import SimulatorConfig, serve
 
-    config = SimulatorConfig(finish_after_s=finish_after, **options)
+    window_limit, window_seconds = rate_window or (0, 5.0)
     try:
+        config = SimulatorConfig(finish_after_s=finish_after, window_limit=window_limit,
+                                 window_seconds=window_seconds, **options)
         config.validate()
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"simulate: {_flag_names(str(exc))}") from None
 
     def on_ready(sim: Any) -> None:
         if write_config:

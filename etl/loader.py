@@ -20,14 +20,14 @@ from sqlalchemy import Connection, Engine, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from .paging import Mark
 from .records import CallRow, Reject
-from .schema import call_positions, calls, rejects
+from .schema import calls, rejects
 
 log = logging.getLogger("etl.loader")
 
 _CHUNK = 500
-_COLUMNS = tuple(c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at"))
+_COLUMNS = tuple(c.name for c in calls.columns
+                 if c.name not in ("first_seen_at", "updated_at", "deleted_at"))
 _UPDATED = (*tuple(c for c in _COLUMNS if c != "call_uuid"), "updated_at")
 
 
@@ -187,6 +187,7 @@ def save_rejects(
             "account_id": account_id,
             "run_id": run_id,
             "call_uuid": (item.call_uuid or None) and item.call_uuid[:255],
+            "start_time": item.start_time,
             "reason": item.reason,
             "record": item.record,
             "record_sha256": digest,
@@ -198,27 +199,6 @@ def save_rejects(
     if new:
         conn.execute(rejects.insert(), new)
     return len(items)
-
-
-def save_marks(conn: Connection, account_id: str, marks: Sequence[Mark]) -> None:
-    """Insert new position marks; `Positions` hands each one over exactly once."""
-    if marks:
-        conn.execute(call_positions.insert(), [
-            {"account_id": account_id, "seq": m.seq, "call_uuid": m.call_uuid,
-             "start_time": m.start_time}
-            for m in marks
-        ])
-
-
-def load_marks(conn: Connection, account_id: str) -> list[Mark]:
-    query = select(call_positions.c.seq, call_positions.c.start_time, call_positions.c.call_uuid).where(
-        call_positions.c.account_id == account_id
-    )
-    return [Mark(seq, start, uuid) for seq, start, uuid in conn.execute(query)]
-
-
-def forget_marks(conn: Connection, account_id: str) -> None:
-    conn.execute(call_positions.delete().where(call_positions.c.account_id == account_id))
 
 
 T = TypeVar("T")

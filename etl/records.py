@@ -72,11 +72,23 @@ class Reject:
 
     @property
     def call_uuid(self) -> str | None:
+        value = self._field("call_uuid")
+        return value if isinstance(value, str) else None
+
+    @property
+    def start_time(self) -> datetime | None:
+        """The record's start_time, when it has a usable one (where the list holds it)."""
+        value = self._field("start_time")
         try:
-            value = json.loads(self.record).get("call_uuid")
+            return parse_timestamp(value) if isinstance(value, str) else None
+        except (ValueError, OverflowError):
+            return None
+
+    def _field(self, key: str) -> object:
+        try:
+            return json.loads(self.record).get(key)
         except (ValueError, AttributeError):
             return None
-        return value if isinstance(value, str) else None
 
 
 def parse_timestamp(value: str) -> datetime:

@@ -23,32 +23,26 @@ from . import locks
 from .client import VoxClient, describe
 from .config import Account, Config
 from .errors import EtlError, LockBusy
-from .loader import (
-    LoadCounts,
-    forget_marks,
-    in_transaction,
-    load_marks,
-    save_marks,
-    save_rejects,
-    upsert_calls,
-    utcnow,
-)
-from .paging import Batch, Paginator, Positions, PositionsStale
-from .plans import Plan, backfill_plan, incremental_plan
+from .loader import LoadCounts, in_transaction, save_rejects, upsert_calls, utcnow
+from .plans import Batch, Extraction, Kind
 from .state import (
-    advance_state,
+    SyncState,
+    Warehouse,
+    deleted_count,
     finish_run,
+    flag_absent,
     new_run_id,
-    open_calls,
     read_state,
     record_skip,
-    reset_state,
+    restore_seen,
+    save_state,
     start_run,
 )
+from .walks import Reader
 
 log = logging.getLogger("etl.runner")
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -64,7 +58,10 @@ class AccountResult:
     retries: int = 0
     seconds: float = 0.0
     error: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    deleted: int = 0
+    watermark: datetime | None = None
+    window_start: datetime | None = None
+    notice: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -74,10 +71,13 @@ class AccountResult:
             "updated": self.counts.updated,
             "unchanged": self.counts.unchanged,
             "rejected": self.counts.rejected,
+            "deleted": self.deleted,
             "pages": self.pages,
             "requests": self.requests,
             "retries": self.retries,
             "seconds": round(self.seconds, 2),
+            **({"window_start": _iso(self.window_start)} if self.window_start else {}),
+            **({"notice": self.notice} if self.notice else {}),
             **({"error": self.error} if self.error else {}),
         }
 
@@ -112,6 +112,7 @@ class AccountRun:
         self.run_id = run_id
         self.progress = progress
         self.result = AccountResult(account.name, account.auth_id)
+        self._deleted = 0  # the account's calls flagged deleted, so seen ones can be restored
 
     def run(self, *, wait: bool = False) -> AccountResult:
         started = time.monotonic()
@@ -159,94 +160,82 @@ class AccountRun:
         return self.result
 
     def _execute(self, client: VoxClient) -> None:
-        try:
-            self._pass(client)
-        except PositionsStale as exc:
-            log.warning(
-                "%s; forgetting stored positions and re-reading the whole list", exc,
-                extra={"account": self.account.name, "event": "positions_stale"},
-            )
-            def forget(conn: Any) -> None:
-                forget_marks(conn, self.account.auth_id)
-                reset_state(conn, self.account.auth_id)
-            in_transaction(self.engine, forget)
-            self._pass(client, force_full=True)
-
-    def _pass(self, client: VoxClient, *, force_full: bool = False) -> None:
         account_id = self.account.auth_id
         with self.engine.connect() as conn:
             state = read_state(conn, account_id)
-            positions = Positions(load_marks(conn, account_id))
-            stored_open = open_calls(conn, account_id) if self.job.command == "sync" else []
+            self._deleted = deleted_count(conn, account_id)
         api = self.config.api
         executor = ThreadPoolExecutor(api.concurrency, thread_name_prefix=f"fetch-{self.account.name}") \
             if api.concurrency > 1 else None
         try:
-            paginator = Paginator(
-                client.fetch_page, account_id, per_page=api.per_page,
-                concurrency=api.concurrency, executor=executor, positions=positions,
-                label=self.account.name,
+            reader = Reader(client.fetch_page, account_id, per_page=api.per_page,
+                            concurrency=api.concurrency, executor=executor)
+            extraction = Extraction(
+                reader, Warehouse(self.engine, account_id), self._kind(state), state=state,
+                lookback=self.config.sync.lookback, start_date=self.config.sync.start_date,
+                since=self.job.since, until=self.job.until, label=self.account.name,
             )
-            head = paginator.head()
-            plan = self._plan(paginator, state, stored_open, force_full)
-            log.debug(plan.describe(), extra={"account": self.account.name, "event": "plan"})
-            paginator.watch = set(plan.open_targets)
-            self._load(paginator, plan, head)
-            missing = set(plan.open_targets) - paginator.seen_uuids
-            if missing:
-                self.result.detail["open_calls_not_found"] = len(missing)
-                log.warning(
-                    "%d open call(s) were not found in the API's list", len(missing),
-                    extra={"account": self.account.name, "event": "open_missing",
-                           "calls": sorted(missing)[:5]},
-                )
+            log.debug("plan: %s", extraction.kind,
+                      extra={"account": self.account.name, "event": "plan"})
+            self._load(extraction)
+            self.result.window_start = extraction.window_start
+            self.result.notice = extraction.notice
+            if extraction.head is not None and extraction.kind is not Kind.BACKFILL:
+                self.result.watermark = extraction.head.newest
         finally:
             if executor is not None:
                 executor.shutdown(wait=True, cancel_futures=True)
 
-    def _plan(self, paginator: Paginator, state: Any, stored_open: list, force_full: bool) -> Plan:
-        job = self.job
-        if job.command == "backfill":
-            assert job.since is not None and job.until is not None
-            return backfill_plan(paginator, job.since, job.until)
-        return incremental_plan(
-            paginator, state,
-            lookback=self.config.sync.lookback,
-            start_date=self.config.sync.start_date,
-            open_calls=stored_open,
-            full=job.full or force_full,
-        )
+    def _kind(self, state: SyncState | None) -> Kind:
+        if self.job.command == "backfill":
+            return Kind.BACKFILL
+        if self.job.full:
+            return Kind.FULL
+        return Kind.INCREMENTAL if state is not None else Kind.FIRST
 
-    def _load(self, paginator: Paginator, plan: Plan, head: Any) -> None:
+    def _load(self, extraction: Extraction) -> None:
         account = self.account
-        batches = paginator.cover(plan.need, window=plan.window, frontier_from=plan.frontier_from,
-                                  stop_at=plan.stop_at, first=head)
-        for group in _groups(batches, _PAGES_PER_TRANSACTION):
-            counts = in_transaction(self.engine, partial(self._commit, plan=plan, batches=group))
+        for group in _groups(extraction.batches(), _PAGES_PER_TRANSACTION):
+            counts = in_transaction(self.engine, partial(self._commit, kind=extraction.kind,
+                                                         batches=group))
             self.result.counts += counts
             self.result.pages += sum(batch.pages for batch in group)
             if self.progress is not None:
-                self.progress(account.name, self.result.pages, self.result.counts.new
-                              + self.result.counts.updated + self.result.counts.unchanged)
-        if plan.frontier_from is not None:
-            def finish(conn: Any) -> None:
-                advance_state(conn, account.auth_id, account.name, synced_seq=0,
-                              base_seq=plan.base_seq, watermark=None,
-                              total_count=plan.total_count, finished=True)
+                self.progress(account.name, self.result.counts.new + self.result.counts.updated
+                              + self.result.counts.unchanged, extraction.expected)
+        if extraction.kind is not Kind.BACKFILL:
+            coverage = extraction.final_coverage()
+
+            def finish(conn: Connection) -> None:
+                save_state(conn, account.auth_id, account.name, coverage=coverage,
+                           watermark=extraction.head.newest if extraction.head else None,
+                           window_start=extraction.window_start,
+                           total_count=extraction.head.total_count if extraction.head else None,
+                           finished=True)
             in_transaction(self.engine, finish)
 
-    def _commit(self, conn: Connection, *, plan: Plan, batches: list[Batch]) -> LoadCounts:
-        """One transaction: the pages' rows, rejects and marks, then the frontier they reach."""
+    def _commit(self, conn: Connection, *, kind: Kind, batches: list[Batch]) -> LoadCounts:
+        """One transaction: the pages' rows and rejects, what they prove gone or back, then
+        the coverage they complete."""
         now = utcnow()
         rows = [row for batch in batches for row in batch.rows]
         counts = upsert_calls(conn, rows, now)
         counts.rejected = save_rejects(conn, [r for b in batches for r in b.rejects], self.run_id, now)
-        save_marks(conn, self.account.auth_id, [m for batch in batches for m in batch.marks])
-        last = batches[-1]
-        if plan.frontier_from is not None and last.frontier is not None:
-            advance_state(conn, self.account.auth_id, self.account.name,
-                          synced_seq=last.frontier, base_seq=plan.base_seq,
-                          watermark=last.watermark, total_count=plan.total_count)
+        if self._deleted:
+            restored = restore_seen(conn, [u for b in batches for u in b.seen], now)
+            counts.updated += restored
+            counts.unchanged -= restored
+            self._deleted -= restored
+        flagged = flag_absent(conn, self.account.auth_id, [s for b in batches for s in b.spans], now)
+        self._deleted += flagged
+        self.result.deleted += flagged
+        covering = [b for b in batches if b.coverage is not None]
+        if covering and kind is not Kind.BACKFILL:
+            last = covering[-1]
+            assert last.coverage is not None
+            save_state(conn, self.account.auth_id, self.account.name, coverage=last.coverage,
+                       watermark=last.watermark, window_start=last.window_start,
+                       total_count=last.total_count)
         return counts
 
 
@@ -258,7 +247,7 @@ def _groups(batches: Iterable[Batch], size: int) -> Iterable[list[Batch]]:
     group: list[Batch] = []
     for batch in batches:
         group.append(batch)
-        if len(group) >= size:
+        if len(group) >= size or batch.flush:
             yield group
             group = []
     if group:
@@ -304,3 +293,7 @@ def run_accounts(
     with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
         return list(pool.map(one, accounts))
 
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -85,6 +85,8 @@ calls = Table(
     Column("raw", JSONDocument, nullable=False, comment="the record exactly as received"),
     Column("first_seen_at", UTCDateTime, nullable=False, comment="when the row was first written"),
     Column("updated_at", UTCDateTime, nullable=False, comment="when any value last changed"),
+    Column("deleted_at", UTCDateTime,
+           comment="when a sync found the call gone from inside the provider's window"),
     Index(None, "account_id", "start_time"),
     Index(None, "account_id", "status"),
     Index(None, "updated_at"),
@@ -95,24 +97,22 @@ sync_state = Table(
     metadata,
     Column("account_id", String(64), primary_key=True),
     Column("account_name", String(255), nullable=False),
-    Column("synced_seq", BigInteger, nullable=False, default=0,
-           comment="every call at a position below this is stored"),
-    Column("base_seq", BigInteger, nullable=False, default=0,
-           comment="the position the first sync started from (start_date)"),
-    Column("watermark", UTCDateTime, comment="start_time of the newest call below synced_seq"),
+    Column("watermark", UTCDateTime, comment="start_time of the newest call the last sync read"),
+    Column("window_start", UTCDateTime,
+           comment="start_time of the oldest call the provider listed at the last sync"),
     Column("last_total_count", BigInteger, comment="the API's total_count when last synced"),
     Column("last_success_at", UTCDateTime, comment="when a sync of this account last finished"),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-call_positions = Table(
-    "call_positions",
+sync_coverage = Table(
+    "sync_coverage",
     metadata,
     Column("account_id", String(64), primary_key=True),
-    Column("seq", BigInteger, primary_key=True,
-           comment="position counted from the account's oldest call (0)"),
-    Column("call_uuid", String(255), nullable=False),
-    Column("start_time", UTCDateTime, nullable=False),
+    Column("upper_time", UTCDateTime, primary_key=True,
+           comment="every listed call that started before this ..."),
+    Column("lower_time", UTCDateTime, nullable=False,
+           comment="... and after this was stored when the stretch was read"),
 )
 
 sync_runs = Table(
@@ -142,6 +142,7 @@ rejects = Table(
     Column("record_sha256", String(64), primary_key=True, comment="SHA-256 of record"),
     Column("run_id", String(36), nullable=False, comment="the run that first met the record"),
     Column("call_uuid", String(255), comment="the record's call_uuid, when it has one"),
+    Column("start_time", UTCDateTime, comment="the record's start_time, when it has a usable one"),
     Column("reason", Text, nullable=False),
     Column("record", Text, nullable=False, comment="the record verbatim, as JSON"),
     Column("first_seen_at", UTCDateTime, nullable=False),

@@ -7,27 +7,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, update
 
+from .coverage import Interval, merge
 from .loader import utcnow
 from .records import OPEN_STATUSES
-from .schema import calls, rejects, sync_runs, sync_state
+from .schema import calls, rejects, sync_coverage, sync_runs, sync_state
+from .sheets import Span
 
 
 @dataclass(frozen=True)
 class SyncState:
-    """How far an account's incremental sync has reached.
+    """What an account's syncs know that stays true while the list changes at both ends.
 
-    `synced_seq`: every call at a position below it (and at or above `base_seq`) is stored.
-    `watermark`: the start_time of the newest of those calls.
+    `coverage`: the stretches of start_time read in full (see etl.coverage), newest first.
+    `watermark`: the start_time of the newest call the last sync read.
+    `window_start`: the start_time of the oldest call the provider still listed then.
     """
 
     account_id: str
-    synced_seq: int
-    base_seq: int
     watermark: datetime | None
+    window_start: datetime | None
     last_total_count: int | None
     last_success_at: datetime | None
+    coverage: tuple[Interval, ...] = ()
 
 
 def read_state(conn: Connection, account_id: str) -> SyncState | None:
@@ -36,64 +39,132 @@ def read_state(conn: Connection, account_id: str) -> SyncState | None:
         return None
     return SyncState(
         account_id=row.account_id,
-        synced_seq=row.synced_seq,
-        base_seq=row.base_seq,
         watermark=row.watermark,
+        window_start=row.window_start,
         last_total_count=row.last_total_count,
         last_success_at=row.last_success_at,
+        coverage=tuple(read_coverage(conn, account_id)),
     )
 
 
-def advance_state(
+def read_coverage(conn: Connection, account_id: str) -> list[Interval]:
+    query = select(sync_coverage.c.lower_time, sync_coverage.c.upper_time).where(
+        sync_coverage.c.account_id == account_id)
+    return merge(Interval(lower, upper) for lower, upper in conn.execute(query))
+
+
+def save_state(
     conn: Connection,
     account_id: str,
     account_name: str,
     *,
-    synced_seq: int,
-    base_seq: int,
-    watermark: datetime | None,
+    coverage: list[Interval],
+    watermark: datetime | None = None,
+    window_start: datetime | None = None,
     total_count: int | None = None,
     finished: bool = False,
 ) -> None:
-    """Move the account's state forward (never back), in the caller's transaction."""
+    """Record what the account's sync has covered, in the caller's transaction (the same one
+    as the rows it covers, so coverage never runs ahead of committed rows)."""
     now = utcnow()
-    current = read_state(conn, account_id)
+    current = conn.execute(
+        select(sync_state.c.watermark).where(sync_state.c.account_id == account_id)
+    ).first()
     values: dict[str, Any] = {"account_name": account_name, "updated_at": now}
-    if current is None:
-        values.update(
-            account_id=account_id,
-            synced_seq=synced_seq,
-            base_seq=base_seq,
-            watermark=watermark,
-            last_total_count=total_count,
-            last_success_at=now if finished else None,
-        )
-        conn.execute(sync_state.insert().values(**values))
-        return
-    values["synced_seq"] = max(current.synced_seq, synced_seq)
-    values["base_seq"] = min(current.base_seq, base_seq)
-    if watermark is not None and (current.watermark is None or watermark > current.watermark):
+    if watermark is not None and (current is None or current.watermark is None
+                                  or watermark > current.watermark):
         values["watermark"] = watermark
+    if window_start is not None:
+        values["window_start"] = window_start
     if total_count is not None:
         values["last_total_count"] = total_count
     if finished:
         values["last_success_at"] = now
-    conn.execute(sync_state.update().where(sync_state.c.account_id == account_id).values(**values))
+    if current is None:
+        conn.execute(sync_state.insert().values(account_id=account_id, **values))
+    else:
+        conn.execute(sync_state.update().where(sync_state.c.account_id == account_id).values(**values))
+    conn.execute(sync_coverage.delete().where(sync_coverage.c.account_id == account_id))
+    rows = [{"account_id": account_id, "lower_time": i.lower, "upper_time": i.upper}
+            for i in merge(coverage)]
+    if rows:
+        conn.execute(sync_coverage.insert(), rows)
 
 
 def reset_state(conn: Connection, account_id: str) -> None:
-    """Forget how far the account got, so the next sync re-reads its whole list."""
+    """Forget what the account's syncs covered, so the next sync re-reads its whole list."""
+    conn.execute(sync_coverage.delete().where(sync_coverage.c.account_id == account_id))
     conn.execute(sync_state.delete().where(sync_state.c.account_id == account_id))
 
 
+def _live(account_id: str) -> Any:
+    return (calls.c.account_id == account_id) & calls.c.deleted_at.is_(None)
+
+
 def open_calls(conn: Connection, account_id: str) -> list[tuple[str, datetime]]:
-    """Stored calls still ringing or in progress: (call_uuid, start_time), oldest first."""
+    """Stored calls still ringing or in progress: (call_uuid, start_time), newest first."""
     query = (
         select(calls.c.call_uuid, calls.c.start_time)
-        .where(calls.c.account_id == account_id, calls.c.status.in_(sorted(OPEN_STATUSES)))
-        .order_by(calls.c.start_time)
+        .where(_live(account_id), calls.c.status.in_(sorted(OPEN_STATUSES)))
+        .order_by(calls.c.start_time.desc())
     )
     return [(uuid, start) for uuid, start in conn.execute(query)]
+
+
+def count_since(conn: Connection, account_id: str, moment: datetime,
+                until: datetime | None = None) -> int:
+    """Stored, not deleted calls (and kept rejects) that started at or after `moment` (and
+    before `until`): the warehouse's own count of that stretch of the list."""
+    query = select(func.count()).select_from(calls).where(_live(account_id),
+                                                          calls.c.start_time >= moment)
+    bad = select(func.count()).select_from(rejects).where(
+        rejects.c.account_id == account_id, rejects.c.start_time >= moment)
+    if until is not None:
+        query = query.where(calls.c.start_time < until)
+        bad = bad.where(rejects.c.start_time < until)
+    return int(conn.execute(query).scalar_one()) + int(conn.execute(bad).scalar_one())
+
+
+def unplaced_rejects(conn: Connection, account_id: str) -> int:
+    """Kept rejects without a usable start_time: the list holds them somewhere unknown."""
+    return int(conn.execute(
+        select(func.count()).select_from(rejects).where(
+            rejects.c.account_id == account_id, rejects.c.start_time.is_(None))
+    ).scalar_one())
+
+
+def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime) -> int:
+    """Mark stored calls that a page proves gone from inside the window as deleted: a call
+    that started strictly between a page's oldest and newest call, yet is not on it. Calls
+    older than the window are never inside a page, so ageing out flags nothing."""
+    flagged = 0
+    for span in spans:
+        query = select(calls.c.call_uuid).where(
+            _live(account_id), calls.c.start_time > span.oldest, calls.c.start_time < span.newest)
+        gone = [uuid for (uuid,) in conn.execute(query) if uuid not in span.uuids]
+        if gone:
+            conn.execute(update(calls).where(calls.c.call_uuid.in_(gone)).values(deleted_at=now))
+            flagged += len(gone)
+    return flagged
+
+
+def restore_seen(conn: Connection, uuids: list[str], now: datetime) -> int:
+    """Clear `deleted_at` of calls that are listed again."""
+    restored = 0
+    for start in range(0, len(uuids), 500):
+        chunk = uuids[start:start + 500]
+        result = conn.execute(
+            update(calls).where(calls.c.call_uuid.in_(chunk), calls.c.deleted_at.is_not(None))
+            .values(deleted_at=None, updated_at=now))
+        restored += result.rowcount or 0
+    return restored
+
+
+def deleted_count(conn: Connection, account_id: str) -> int:
+    return int(conn.execute(
+        select(func.count()).select_from(calls).where(
+            calls.c.account_id == account_id, calls.c.deleted_at.is_not(None))
+    ).scalar_one())
 
 
 def new_run_id() -> str:
@@ -142,8 +213,10 @@ class AccountStatus:
     account_name: str
     last_success_at: datetime | None
     watermark: datetime | None
+    window_start: datetime | None
     calls: int
     open_calls: int
+    deleted_calls: int
     rejects: int
     last_outcome: str | None
     last_run_started_at: datetime | None
@@ -173,7 +246,14 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
     still_open: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
-            .where(calls.c.status.in_(sorted(OPEN_STATUSES)))
+            .where(calls.c.status.in_(sorted(OPEN_STATUSES)), calls.c.deleted_at.is_(None))
+            .group_by(calls.c.account_id)
+        ).tuples().all()
+    )
+    gone: dict[str, int] = dict(
+        conn.execute(
+            select(calls.c.account_id, func.count())
+            .where(calls.c.deleted_at.is_not(None))
             .group_by(calls.c.account_id)
         ).tuples().all()
     )
@@ -195,8 +275,10 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
                 account_name=name,
                 last_success_at=state.last_success_at if state else None,
                 watermark=state.watermark if state else None,
+                window_start=state.window_start if state else None,
                 calls=int(stored.get(account_id, 0)),
                 open_calls=int(still_open.get(account_id, 0)),
+                deleted_calls=int(gone.get(account_id, 0)),
                 rejects=int(broken.get(account_id, 0)),
                 last_outcome=last.outcome if last else None,
                 last_run_started_at=last.started_at if last else None,
@@ -204,3 +286,26 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
             )
         )
     return out
+
+
+class Warehouse:
+    """The warehouse's own answers about one account, read between batches: how many calls
+    it holds in a stretch of time, and which stored calls are still open."""
+
+    def __init__(self, engine: Engine, account_id: str) -> None:
+        self.engine = engine
+        self.account_id = account_id
+
+    def count_since(self, moment: datetime, until: datetime | None = None) -> int:
+        with self.engine.connect() as conn:
+            return count_since(conn, self.account_id, moment, until)
+
+    def open_calls(self) -> list[tuple[str, datetime]]:
+        with self.engine.connect() as conn:
+            return open_calls(conn, self.account_id)
+
+    def uuids_since(self, moment: datetime) -> set[str]:
+        """The stored calls (deleted or not) that started at or after `moment`."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(calls.c.call_uuid).where(
+                calls.c.account_id == self.account_id, calls.c.start_time >= moment)).scalars())

@@ -1,17 +1,20 @@
-"""Reconcile stored rows with the API's own counts, in a few requests per account.
+"""Reconcile stored rows with the API's own counts, within the provider's current window.
 
 The API can count for us: `total_count` of a one-call page, overall and filtered by each
-status and direction. Two things would make a naive comparison cry wolf, and both are
+status and direction. Three things would make a naive comparison cry wolf, and each is
 taken out exactly:
 
-- calls that arrived since the last sync (positions at or above the sync frontier) are read
-  from the head pages and left out of the API's counts;
-- a call stored while open may have finished since: the pages holding the stored open calls
-  are read, and such a call is counted under its stored status on both sides (it is reported
-  as "changed since the last sync", which the next sync brings up to date, not a mismatch).
+- calls older than the provider's window (the archive keeps them; the API no longer lists
+  them): the list's last page says where the window starts, and only stored calls from there
+  on are counted;
+- calls that arrived since the last sync: the head pages are read down to the last sync's
+  watermark, and the listed calls not stored yet are left out of the API's counts;
+- a call stored while open may have finished since: each stored open call's page is read
+  (found by its rank), and such a call is counted under its stored status on both sides
+  (reported as "changed since the last sync", which the next sync brings up to date).
 
-The head pages and open-call pages are read before and after the counts; if anything moved
-in between (new calls, a status change), the snapshot is taken again.
+The head and the last page are read before and after the counts; if the list moved in
+between, everything is counted again.
 """
 
 from __future__ import annotations
@@ -19,17 +22,20 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, select
 
 from .client import VoxClient
+from .coverage import TICK
 from .errors import ListingError
-from .loader import load_marks
-from .paging import Coverage, Paginator, Positions
 from .records import KNOWN_DIRECTIONS, KNOWN_STATUSES, OPEN_STATUSES
 from .schema import calls, rejects
-from .state import read_state
+from .seek import Seeker
+from .sheets import Sheet, page_number
+from .state import Warehouse, read_state
+from .walks import Reader
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Reconciliation:
     differences: list[Difference] = field(default_factory=list)
     arrived_since_sync: int = 0
     changed_since_sync: int = 0
+    aged_out: int = 0
+    window_start: datetime | None = None
     requests: int = 0
     note: str | None = None
 
@@ -59,32 +67,20 @@ class Reconciliation:
         return not self.differences and self.note is None
 
 
-def _snapshot(paginator: Paginator, client: VoxClient, frontier: int, open_seqs: list[int]
-              ) -> tuple[int, dict[str, tuple[Any, Any]], list[Any]]:
-    """Read the head (positions >= frontier) and the pages of the stored open calls."""
-    head = paginator.head()
-    total = head.total_count
-    need = Coverage([(frontier, total)] + [(s, s + 1) for s in open_seqs])
-    records: dict[int, Any] = {}
-    pages = [head]
-    gap = Coverage([(head.low_seq, head.top_seq + 1)]).first_gap(need)
-    while gap is not None:
-        page = client.fetch_page(paginator.page_for(gap), paginator.per_page)
-        if page.total_count != total or not page.records:
-            raise _Moved()
-        pages.append(page)
-        covered = Coverage([(p.low_seq, p.top_seq + 1) for p in pages])
-        gap = covered.first_gap(need)
-    for page in pages:
-        for index, record in enumerate(page.records):
-            records[page.seq_of(index)] = record
-    seen = {}
-    for seq, record in records.items():
-        if seq >= frontier or seq in open_seqs:
-            uuid, status, direction = _fields(record)
-            seen[uuid or f"#{seq}"] = (status, direction)
-    head_records = [records[s] for s in sorted(records) if s >= frontier]
-    return total, seen, head_records
+@dataclass
+class _Snapshot:
+    """What the head, the last page and the stored open calls' pages said."""
+
+    total: int
+    window_start: datetime | None
+    arrived: list[dict[str, Any]]          # listed records not stored yet
+    open_now: dict[str, tuple[Any, Any]]  # stored open call -> (status, direction) listed now
+    tail_second: set[str]                 # stored calls of the window's first second still listed
+
+    def same_as(self, other: _Snapshot) -> bool:
+        return (self.total, self.window_start, self.open_now, self.tail_second) == (
+            other.total, other.window_start, other.open_now, other.tail_second) and \
+            [r.get("call_uuid") for r in self.arrived] == [r.get("call_uuid") for r in other.arrived]
 
 
 class _Moved(Exception):
@@ -100,15 +96,6 @@ def _fields(record: Any) -> tuple[str | None, Any, Any]:
             record.get("status"), record.get("direction"))
 
 
-def _api_counts(client: VoxClient) -> dict[str, int]:
-    counts = {"total": client.fetch_page(1, 1).total_count}
-    for status in KNOWN_STATUSES:
-        counts[f"status={status}"] = client.fetch_page(1, 1, status=status).total_count
-    for direction in KNOWN_DIRECTIONS:
-        counts[f"direction={direction}"] = client.fetch_page(1, 1, direction=direction).total_count
-    return counts
-
-
 def _bucket(counter: Counter[str], status: Any, direction: Any, weight: int = 1) -> None:
     counter["total"] += weight
     key = f"status={status}" if status in KNOWN_STATUSES else "status=(other)"
@@ -117,56 +104,122 @@ def _bucket(counter: Counter[str], status: Any, direction: Any, weight: int = 1)
     counter[key] += weight
 
 
-def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3) -> Reconciliation:
-    account_id = client.account.auth_id
-    result = Reconciliation(name, account_id)
+class _Verifier:
+    def __init__(self, engine: Engine, client: VoxClient, name: str) -> None:
+        self.engine = engine
+        self.client = client
+        self.name = name
+        self.account_id = client.account.auth_id
+        self.reader = Reader(client.fetch_page, self.account_id, per_page=client.api.per_page)
+        self.warehouse = Warehouse(engine, self.account_id)
+
+    def stored(self) -> tuple[dict[str, tuple[Any, Any, datetime]], list[Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(calls.c.call_uuid, calls.c.status, calls.c.direction, calls.c.start_time)
+                .where(calls.c.account_id == self.account_id, calls.c.deleted_at.is_(None))
+            ).all()
+            kept = conn.execute(
+                select(rejects.c.record, rejects.c.start_time)
+                .where(rejects.c.account_id == self.account_id)
+            ).all()
+        return {u: (s, d, t) for u, s, d, t in rows}, list(kept)
+
+    def snapshot(self, stored: dict[str, tuple[Any, Any, datetime]],
+                 watermark: datetime | None) -> _Snapshot:
+        head = self.reader.read(1)
+        pages = [head]
+        sheet = head
+        while not sheet.is_end and watermark is not None and sheet.oldest is not None \
+                and sheet.oldest >= watermark:
+            sheet = self.reader.read(sheet.number + 1)
+            if sheet.total_count != head.total_count:
+                raise _Moved()
+            pages.append(sheet)
+        tail = sheet if sheet.is_end else self.reader.read(
+            page_number(head.total_count - 1, self.reader.per_page))
+        if tail.total_count != head.total_count or not tail.is_end:
+            raise _Moved()
+        arrived = [item.raw for page in pages for item in page.calls
+                   if item.call_uuid not in stored
+                   and (watermark is None or item.start_time >= watermark)]
+        window_start = tail.oldest
+        first_second: set[str] = set()
+        if window_start is not None:
+            first_second = {c.call_uuid for c in tail.calls if c.start_time == window_start}
+            if tail.calls and tail.calls[0].start_time == window_start:
+                first_second = {u for u, (_, _, t) in stored.items() if t == window_start}
+        open_now = self._open_calls(stored, [*pages, tail])
+        return _Snapshot(head.total_count, window_start, arrived, open_now, first_second)
+
+    def _open_calls(self, stored: dict[str, tuple[Any, Any, datetime]],
+                    read: list[Sheet]) -> dict[str, tuple[Any, Any]]:
+        """Where the list holds each stored open call now, and its listed status: on a page
+        already read, or on the page its rank (the stored calls newer than it) points at."""
+        sheets = {s.number: s for s in read}
+        found: dict[str, tuple[Any, Any]] = {}
+        wanted = sorted(((u, t) for u, (s, _, t) in stored.items() if s in OPEN_STATUSES),
+                        key=lambda item: item[1], reverse=True)
+        for uuid, started in wanted:
+            number = page_number(self.warehouse.count_since(started + TICK), self.reader.per_page)
+            for _ in range(3):
+                sheet = sheets.get(number) or sheets.setdefault(number, self.reader.read(number))
+                call = next((c for c in sheet.calls if c.call_uuid == uuid), None)
+                if call is not None:
+                    found[uuid] = (call.status, call.direction)
+                    break
+                if sheet.oldest is None or sheet.newest is None:
+                    break
+                if started > sheet.newest or (started == sheet.newest and number > 1):
+                    number = max(1, number - 1)
+                elif started <= sheet.oldest and not sheet.is_end:
+                    number += 1
+                else:
+                    break  # inside the page yet not on it: gone from the list
+        return found
+
+    def api_counts(self) -> dict[str, int]:
+        fetch = self.client.fetch_page
+        counts = {"total": fetch(1, 1).total_count}
+        for status in KNOWN_STATUSES:
+            counts[f"status={status}"] = fetch(1, 1, status=status).total_count
+        for direction in KNOWN_DIRECTIONS:
+            counts[f"direction={direction}"] = fetch(1, 1, direction=direction).total_count
+        return counts
+
+
+def reconcile(engine: Engine, client: VoxClient, name: str, *, start_date: datetime | None = None,
+              attempts: int = 3) -> Reconciliation:
+    """Compare one account's stored calls with the API's counts, within the current window."""
+    verifier = _Verifier(engine, client, name)
+    result = Reconciliation(name, verifier.account_id)
     with engine.connect() as conn:
-        state = read_state(conn, account_id)
-        if state is None:
-            result.note = "never synced; run etl sync first"
-            return result
-        positions = Positions(load_marks(conn, account_id))
-        stored_rows = conn.execute(
-            select(calls.c.call_uuid, calls.c.status, calls.c.direction).where(
-                calls.c.account_id == account_id
-            )
-        ).all()
-        reject_records = conn.execute(
-            select(rejects.c.record).where(rejects.c.account_id == account_id)
-        ).scalars().all()
-    stored = {uuid: (status, direction) for uuid, status, direction in stored_rows}
-    open_uuids = [u for u, (s, _) in stored.items() if s in OPEN_STATUSES]
-    open_seqs = sorted({s for u in open_uuids if (s := positions.seq_of(u)) is not None
-                        and s < state.synced_seq})
-    paginator = Paginator(client.fetch_page, account_id, per_page=client.api.per_page,
-                          positions=positions, label=name)
-    frontier = state.synced_seq
+        state = read_state(conn, verifier.account_id)
+    if state is None:
+        result.note = "never synced; run etl sync first"
+        return result
+    stored, kept = verifier.stored()
     for _ in range(attempts):
         try:
-            total, before, head_records = _snapshot(paginator, client, frontier, open_seqs)
-            api = _api_counts(client)
-            total_after, after, _ = _snapshot(paginator, client, frontier, open_seqs)
+            before = verifier.snapshot(stored, state.watermark)
+            api = verifier.api_counts()
+            after = verifier.snapshot(stored, state.watermark)
         except _Moved:
             continue
-        if total == total_after == api["total"] and before == after:
+        if before.same_as(after) and before.total == api["total"]:
             break
     else:
         result.requests = client.requests
         raise ListingError("the API kept changing while being counted; try again when it is quieter")
+    result.window_start = after.window_start
 
-    # The API's side, limited to what the last sync covered.
+    # The API's side, less the calls that arrived since the last sync.
     api_side: Counter[str] = Counter(api)
-    head_uuids = set()
-    for record in head_records:
-        uuid, status, direction = _fields(record)
+    for record in after.arrived:
+        _, status, direction = _fields(record)
         _bucket(api_side, status, direction, -1)
-        if uuid is not None:
-            head_uuids.add(uuid)
-    result.arrived_since_sync = len(head_records)
-    for uuid in open_uuids:
-        if uuid in head_uuids or uuid not in after:
-            continue
-        now_status, direction = after[uuid]
+    result.arrived_since_sync = len(after.arrived)
+    for uuid, (now_status, direction) in after.open_now.items():
         stored_status = stored[uuid][0]
         if now_status != stored_status:
             result.changed_since_sync += 1
@@ -177,25 +230,35 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, attempts: int = 3
     api_side["direction=(other)"] = api_side["total"] - sum(
         api_side[f"direction={d}"] for d in KNOWN_DIRECTIONS)
 
-    # Our side: stored rows and kept rejects, less what sits above the frontier.
+    # Our side: stored rows and kept rejects within the window.
+    start = after.window_start
+    floor = state.window_start if start is None else start
     ours: Counter[str] = Counter()
-    for uuid, (status, direction) in stored.items():
-        if uuid not in head_uuids:
-            _bucket(ours, status, direction)
-    for text in reject_records:
+    for uuid, (status, direction, started) in stored.items():
+        if start is not None and (started < start or (started == start
+                                                       and uuid not in after.tail_second)):
+            result.aged_out += 1
+            continue
+        _bucket(ours, status, direction)
+    for text, started in kept:
+        if floor is not None and started is not None and started < floor:
+            continue
         try:
-            record = json.loads(text)
+            kept_record: Any = json.loads(text)
         except ValueError:
-            record = None
-        uuid, status, direction = _fields(record)
-        if uuid not in head_uuids:
-            _bucket(ours, status, direction)
+            kept_record = None
+        _, status, direction = _fields(kept_record)
+        _bucket(ours, status, direction)
 
     measures = ["total", *(f"status={s}" for s in KNOWN_STATUSES), "status=(other)",
                 *(f"direction={d}" for d in KNOWN_DIRECTIONS), "direction=(other)"]
-    if state.base_seq > 0:
-        measures = ["total"]  # calls before start_date are not stored; only the total compares
-        api_side["total"] = frontier - state.base_seq
+    if start_date is not None and (start is None or start_date > start):
+        # Calls before start_date are not stored: only the total of what is compares.
+        measures = ["total"]
+        sheet = Seeker(verifier.reader).page_at(start_date, verifier.reader.read(1))
+        listed = sheet.first_rank + sum(1 for c in sheet.calls if c.start_time >= start_date)
+        api_side["total"] = listed - len(after.arrived)
+        ours["total"] = sum(1 for (_, _, t) in stored.values() if t >= start_date)
     for measure in measures:
         result.compared[measure] = (api_side[measure], ours[measure])
         if api_side[measure] != ours[measure]:

@@ -11,8 +11,10 @@ cleanup() {
 trap cleanup EXIT
 
 rm -rf demo.db demo.db-wal demo.db-shm demo.db.locks
-echo "==> starting the Vox API simulator (3 accounts, 20,000 calls each, 2% server errors, 20 new calls a second)"
-"$BIN/etl" --database-url sqlite:///demo.db simulate --port 0 --accounts 3 --calls 20000 --error-rate 0.02 --drift-rate 20 --finish-after 5 \
+echo "==> starting the Vox API simulator (3 accounts, 20,000 calls each over 30 days, a 29-day window that"
+echo "    also drops 20 of its oldest calls a second, 20 new calls a second, a few listed late, 2% server errors)"
+"$BIN/etl" --database-url sqlite:///demo.db simulate --port 0 --accounts 3 --calls 20000 --error-rate 0.02 \
+    --drift-rate 20 --retention-days 29 --expire-rate 20 --late-rate 0.2 --late-max-age 2d --finish-after 5 \
     --write-config demo.toml >"$workdir/sim.log" 2>&1 &
 sim_pid=$!
 for _ in $(seq 1 300); do
@@ -32,7 +34,7 @@ sleep 2
 echo "==> etl --config demo.toml sync      (second run, two seconds later: only what is new or still open)"
 "$BIN/etl" --config demo.toml sync --jobs 3
 echo
-echo "==> etl --config demo.toml status"
+echo "==> etl --config demo.toml status      (window from: the oldest call the provider still lists)"
 "$BIN/etl" --config demo.toml status
 echo
 echo "==> calls per account and status in ./demo.db"

@@ -6,11 +6,11 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from etl.records import CallRow, parse_call
+from etl.records import CallRow, parse_call, parse_timestamp
 from etl.schema import calls
 from etl.simulator import Simulator
 
-COLUMNS = [c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at")]
+COLUMNS = [c.name for c in calls.columns if c.name not in ("first_seen_at", "updated_at", "deleted_at")]
 
 
 def stored_rows(engine: Engine, account_id: str | None = None) -> dict[str, dict[str, Any]]:
@@ -50,3 +50,18 @@ def assert_matches_simulator(engine: Engine, sim: Simulator, auth_ids: list[str]
         assert not wrong, f"{auth_id}: {len(wrong)} values differ, e.g. {wrong[:3]}"
         total += len(want)
     return total
+
+
+def assert_window_matches(engine, sim, auth_id):
+    """Within the provider's window the live rows equal the list; older rows are kept."""
+    listed = {c["call_uuid"]: c for c in sim.calls(auth_id)
+              if isinstance(parse_call(c, auth_id), CallRow)}
+    rows = stored_rows(engine, auth_id)
+    live = {u for u, r in rows.items() if r["deleted_at"] is None}
+    missing = set(listed) - live
+    assert not missing, f"{len(missing)} listed calls not stored (live), e.g. {sorted(missing)[:3]}"
+    oldest = min(parse_timestamp(c["start_time"]) for c in listed.values())
+    extra = {u for u in live - set(listed) if rows[u]["start_time"] > oldest}
+    assert not extra, f"{len(extra)} live rows inside the window that the API does not list"
+    for uuid, call in listed.items():
+        assert rows[uuid]["status"] == call["status"], (uuid, rows[uuid]["status"], call["status"])

@@ -185,15 +185,28 @@ def test_full_sync_re_reads_the_whole_history(simulator, etl):
     auth_id = sim.accounts[0].auth_id
     run = etl(sim)
     run()
+    sim.reset_stats()
+
+    requests, results = run.requests_for(full=True)
+
+    assert requests >= 30
+    assert results[0].counts.unchanged == 3_000
+    assert_matches_simulator(run.engine, sim)
+
+
+def test_rows_lost_from_the_warehouse_are_found_again_by_the_count_check(simulator, etl):
+    sim = simulator(accounts=1, calls=3_000, seed=18)  # 30 pages
+    auth_id = sim.accounts[0].auth_id
+    run = etl(sim)
+    run()
     with run.engine.begin() as conn:
         conn.execute(delete(calls).where(calls.c.call_uuid.in_(
             [c["call_uuid"] for c in sim.calls(auth_id)[1000:1010]])))
 
-    assert run.requests_for()[0] <= 3  # incremental does not see the hole ...
-    requests, results = run.requests_for(full=True)  # ... --full does
+    requests, results = run.requests_for()
 
     assert results[0].counts.new == 10
-    assert requests >= 30
+    assert requests <= math.log2(30) + 8
     assert_matches_simulator(run.engine, sim)
 
 
@@ -206,26 +219,30 @@ def test_watermark_never_runs_ahead_of_committed_rows(simulator, etl):
     with run.engine.connect() as conn:
         state = read_state(conn, auth_id)
     rows = stored_rows(run.engine, auth_id)
-    assert state.synced_seq == 2_000
-    assert state.watermark == max(r["start_time"] for r in rows.values())
-    assert state.watermark <= datetime.now(UTC)
+    oldest = min(r["start_time"] for r in rows.values())
+    newest = max(r["start_time"] for r in rows.values())
+    assert len(state.coverage) == 1
+    assert state.coverage[0].lower < oldest and state.coverage[0].upper > newest
+    assert state.watermark == newest <= datetime.now(UTC)
+    assert state.window_start == oldest
 
 
-def test_calls_removed_from_the_api_make_the_next_sync_re_read_everything(simulator, etl):
+def test_calls_removed_from_the_api_are_flagged_deleted_not_dropped(simulator, etl):
     sim = simulator(accounts=1, calls=1_000, seed=20)
     auth_id = sim.accounts[0].auth_id
     run = etl(sim)
     run()
-    other = simulator(accounts=1, calls=700, seed=99)  # the same account, with fewer calls
+    gone = [c["call_uuid"] for c in sim.calls(auth_id)[200:205]]
+    other = simulator(accounts=1, calls=1_000, seed=20)  # the same account ...
+    for uuid in gone:  # ... less five calls from inside the window
+        other.delete_call(auth_id, uuid)
     run.config = load_config_for(run, other)
 
     run()
 
     rows = stored_rows(run.engine, auth_id)
     assert set(expected_uuids(other, auth_id)) <= set(rows)
-    from etl.state import read_state
-    with run.engine.connect() as conn:
-        assert read_state(conn, auth_id).synced_seq == 700
+    assert {u for u, r in rows.items() if r["deleted_at"] is not None} == set(gone)
 
 
 def load_config_for(run, sim):

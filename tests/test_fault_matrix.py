@@ -8,7 +8,7 @@ import json
 from sqlalchemy import func, select
 
 from etl.schema import calls, rejects
-from tests.helpers import assert_matches_simulator
+from tests.helpers import assert_matches_simulator, assert_window_matches
 
 
 def test_sync_through_every_fault_ends_equal_to_the_api(simulator, project, database_url, engine_for):
@@ -57,3 +57,31 @@ def test_an_empty_account_costs_one_request_and_stores_nothing(simulator, projec
     assert sim.stats()["requests"] == 1
     with engine_for(database_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(calls)).scalar_one() == 0
+
+
+def test_every_fault_under_a_moving_window_keeps_every_call_present_throughout(
+        simulator, project, database_url, engine_for):
+    sim = simulator(accounts=2, calls=4_000, latency_ms=5, error_rate=0.05, reset_rate=0.03,
+                    truncate_rate=0.03, rate_limit=150, per_page_cap=50, seed=32)
+    sim.add_record(sim.accounts[0].auth_id, {"from": "+14155550100", "status": "completed",
+                                             "start_time": "2026-01-01T00:00:00Z"})
+    proj = project(sim, database_url, api={"concurrency": 4, "max_attempts": 12},
+                   sync={"lookback": "1m"})
+    before = {a.auth_id: set(sim.listed_uuids(a.auth_id)) for a in sim.accounts}
+    sim.set_faults(drift_rate=20, expire_rate=20)
+
+    result = proj.run("--log-format", "json", "sync", "--jobs", "2", check=True)
+
+    sim.set_faults(drift_rate=0, expire_rate=0)
+    engine = engine_for(database_url)
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(calls.c.call_uuid)).scalars())
+    for account in sim.accounts:
+        throughout = before[account.auth_id] & set(sim.listed_uuids(account.auth_id))
+        throughout.discard(None)
+        assert throughout <= stored, f"{len(throughout - stored)} calls present throughout missing"
+    summaries = [json.loads(line) for line in result.stdout.splitlines()]
+    assert all(s["outcome"] == "ok" for s in summaries)
+    proj.run("sync", check=True)  # quiet now: one more run leaves the window equal to the list
+    for account in sim.accounts:
+        assert_window_matches(engine, sim, account.auth_id)

@@ -42,6 +42,53 @@ def test_migrations_match_the_models(any_database_url, engine_for):
     assert [d for d in diff if d[0] != "remove_table"] == []
 
 
+def test_upgrading_a_populated_0002_database_keeps_every_row_and_what_the_sync_knew(
+        any_database_url, engine_for):
+    """0003 replaces positions by coverage: the calls, rejects and run log stay as they were,
+    deleted_at starts empty, and what the old state covered becomes one interval."""
+    engine = engine_for(any_database_url)
+    upgrade(engine, "0002")
+    with engine.begin() as conn:
+        for i in range(3):
+            conn.execute(text(
+                "INSERT INTO calls (call_uuid, account_id, status, direction, start_time, raw, "
+                "first_seen_at, updated_at) VALUES (:u, 'MA1', :s, 'inbound', :t, :raw, :t, :t)"),
+                {"u": f"c{i}", "s": "completed" if i else "ringing",
+                 "t": f"2026-01-0{i + 1} 10:00:00", "raw": '{"call_uuid": "c%d"}' % i})
+        conn.execute(text(
+            "INSERT INTO sync_state (account_id, account_name, synced_seq, base_seq, watermark, "
+            "last_total_count, last_success_at, updated_at) VALUES ('MA1', 'one', 3, 0, "
+            "'2026-01-03 10:00:00', 3, '2026-01-04 00:00:00', '2026-01-04 00:00:00')"))
+        conn.execute(text(
+            "INSERT INTO call_positions (account_id, seq, call_uuid, start_time) "
+            "VALUES ('MA1', 0, 'c0', '2026-01-01 10:00:00')"))
+        conn.execute(text(
+            "INSERT INTO rejects (account_id, record_sha256, run_id, call_uuid, reason, record, "
+            "first_seen_at) VALUES ('MA1', 'abc', 'r1', NULL, 'no call_uuid', '{}', "
+            "'2026-01-04 00:00:00')"))
+
+    before, after = upgrade(engine)
+
+    assert (before, after) == ("0002", head_revision())
+    from etl.state import account_status, read_state
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT call_uuid, deleted_at FROM calls ORDER BY call_uuid")).all()
+        assert [(u, d) for u, d in rows] == [("c0", None), ("c1", None), ("c2", None)]
+        state = read_state(conn, "MA1")
+        assert state is not None and len(state.coverage) == 1
+        assert state.coverage[0].upper == state.watermark
+        assert state.watermark.isoformat().startswith("2026-01-03T10:00:00")
+        assert conn.execute(text("SELECT COUNT(*) FROM rejects")).scalar_one() == 1
+        assert conn.execute(text("SELECT COUNT(*) FROM open_calls")).scalar_one() == 1
+        conn.execute(text("UPDATE calls SET deleted_at = updated_at WHERE call_uuid = 'c0'"))
+        assert conn.execute(text("SELECT COUNT(*) FROM open_calls")).scalar_one() == 0
+        assert conn.execute(text("SELECT SUM(calls) FROM calls_daily")).scalar_one() == 2
+        status = account_status(conn, [("MA1", "one")])[0]
+        assert status.deleted_calls == 1 and status.calls == 3
+    assert "call_positions" not in set(inspect(engine).get_table_names()) \
+        or engine.dialect.name == "duckdb"
+
+
 def _columns(engine, table: str) -> set[str]:
     if engine.dialect.name == "duckdb":  # its pg_catalog emulation is too thin for inspect()
         with engine.connect() as conn:

@@ -58,7 +58,7 @@ def test_progress_display_on_a_terminal(simulator, project):
     process.wait(timeout=120)
     os.close(primary)
     assert process.returncode == 0
-    assert b"acct1: " in shown and b" pages, " in shown and b"\r" in shown
+    assert b"acct1: " in shown and b" calls" in shown and b"\r" in shown
     assert "acct1: ok new=5000" in process.stdout.read()
 
 

@@ -1,498 +1,252 @@
-"""The Paginator against an in-memory list that serves pages exactly like the Vox API (no HTTP).
-
-Positions ("seq") count from the oldest call, which is 0; in the fake list a call's index is
-its position, and its uuid ends with that number.
-"""
+"""The paging pieces against hand-built lists: what a page proves, coverage arithmetic, walks
+that meet, seeking by time and the count check — no HTTP, no database."""
 
 from __future__ import annotations
 
-import bisect
-import math
-import threading
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from etl.audit import Audit
 from etl.client import Page
+from etl.coverage import TICK, Gap, Interval, chain_interval, gaps, merge
 from etl.errors import ListingError
-from etl.paging import Batch, Coverage, Mark, Paginator, Positions, PositionsStale
-from etl.records import CallRow
+from etl.seek import Seeker
+from etl.sheets import Sheet, follows, page_number
+from etl.walks import Reader, Walk
 
-BASE = datetime(2025, 1, 1, tzinfo=UTC)
-ACCOUNT = "MA123456"
-
-
-class RunawayPaging(AssertionError):
-    """Raised by the fake when the paginator keeps reading long after it should have stopped."""
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
 
-def make_call(seq: int, start_time: datetime) -> dict:
-    return {
-        "call_uuid": f"call-{seq:07d}",
-        "from": "+14155551234",
-        "to": "+14155556789",
-        "direction": "outbound",
-        "status": "completed",
-        "duration": 30,
-        "start_time": start_time.isoformat().replace("+00:00", "Z"),
-        "answer_time": None,
-        "end_time": None,
-        "end_reason": "caller-hangup",
-    }
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
-def seq_of(uuid: str) -> int:
-    return int(uuid.rsplit("-", 1)[1])
+class Listing:
+    """A provider's list in memory: (call_uuid, start second), served newest first."""
 
-
-class FakeList:
-    """An account's call list, oldest first, served newest first the way the API pages it.
-
-    `drift(request_number)` says how many new calls arrive at the head after each fetch; they
-    start one second apart after the newest call. Records are built when served, so a list
-    that grows by thousands of calls per request stays cheap.
-    """
-
-    def __init__(
-        self,
-        times: list[datetime],
-        *,
-        cap: int = 100,
-        drift: int | Callable[[int], int] = 0,
-        max_requests: int = 2_000,
-    ) -> None:
-        self.times = list(times)  # the calls that existed at the start
-        self.count = len(times)
-        self.cap = cap
-        self.drift = drift if callable(drift) else (lambda _n, k=drift: k)
-        self.max_requests = max_requests
+    def __init__(self, seconds: list[int]) -> None:
+        self.calls = [(f"c{i:06d}", s) for i, s in enumerate(seconds)]
+        self.calls.sort(key=lambda c: (c[1], c[0]), reverse=True)
         self.requests = 0
-        self.appended = 0
-        self._lock = threading.Lock()
+        self.before_answer: Callable[[Listing], None] | None = None
+        self.serial = len(self.calls)
 
-    @classmethod
-    def of(cls, count: int, *, step: timedelta = timedelta(seconds=10), **kw) -> FakeList:
-        return cls([BASE + i * step for i in range(count)], **kw)
+    def add(self, second: int) -> str:
+        uuid = f"n{self.serial:06d}"
+        self.serial += 1
+        self.calls.append((uuid, second))
+        self.calls.sort(key=lambda c: (c[1], c[0]), reverse=True)
+        return uuid
 
-    def time(self, seq: int) -> datetime:
-        if seq < len(self.times):
-            return self.times[seq]
-        return (self.times[-1] if self.times else BASE) + timedelta(seconds=seq - len(self.times) + 1)
-
-    def call(self, seq: int) -> dict:
-        return make_call(seq, self.time(seq))
-
-    def uuids(self, count: int | None = None) -> list[str]:
-        return [f"call-{seq:07d}" for seq in range(self.count if count is None else count)]
+    def remove(self, uuid: str) -> None:
+        self.calls = [c for c in self.calls if c[0] != uuid]
 
     def fetch(self, number: int, per_page: int) -> Page:
-        with self._lock:
-            self.requests += 1
-            if self.requests > self.max_requests:
-                raise RunawayPaging(f"still paging after {self.max_requests} requests")
-            size = min(per_page, self.cap)
-            total = self.count
-            top = total - (number - 1) * size  # one past the position of the page's newest call
-            records = [self.call(seq) for seq in range(top - 1, max(top - size, 0) - 1, -1)]
-            page = Page(number, size, total, math.ceil(total / size), records)
-            added = self.drift(self.requests)
-            self.count += added
-            self.appended += added
-            return page
-
-
-def read_everything(
-    api: FakeList, *, concurrency: int = 1, per_page: int = 100
-) -> tuple[Paginator, list[Batch], int]:
-    """What a full sync does: read the head, then cover every position that existed then."""
-    with ThreadPoolExecutor(concurrency) as executor:
-        pager = Paginator(
-            api.fetch, ACCOUNT, per_page=per_page, concurrency=concurrency,
-            executor=executor if concurrency > 1 else None,
-        )
-        head = pager.head()
-        batches = list(pager.cover(Coverage([(0, head.total_count)]), first=head, frontier_from=0))
-    return pager, batches, head.total_count
-
-
-def yielded_uuids(batches: list[Batch]) -> list[str]:
-    return [row.call_uuid for batch in batches for row in batch.rows]
-
-
-# -- Coverage ----------------------------------------------------------------------------------
-
-
-def test_coverage_merges_overlapping_and_adjacent_intervals():
-    cov = Coverage()
-    cov.add(10, 20)
-    cov.add(30, 40)
-    assert list(cov) == [(10, 20), (30, 40)]
-    cov.add(20, 25)  # adjacent to the first
-    assert list(cov) == [(10, 25), (30, 40)]
-    cov.add(24, 31)  # bridges both
-    assert list(cov) == [(10, 40)]
-    cov.add(0, 5)
-    cov.add(50, 60)
-    assert list(cov) == [(0, 5), (10, 40), (50, 60)]
-    cov.add(3, 55)  # swallows everything in between
-    assert list(cov) == [(0, 60)]
-
-
-def test_coverage_ignores_empty_intervals():
-    cov = Coverage([(5, 5), (7, 3)])
-    assert not cov
-    assert list(cov) == []
-
-
-def test_coverage_built_from_unsorted_intervals_is_sorted_and_disjoint():
-    cov = Coverage([(50, 60), (0, 10), (5, 20), (40, 50)])
-    assert list(cov) == [(0, 20), (40, 60)]
-
-
-def test_coverage_contains_is_half_open():
-    cov = Coverage([(10, 20)])
-    assert not cov.contains(9)
-    assert cov.contains(10)
-    assert cov.contains(19)
-    assert not cov.contains(20)
-
-
-def test_coverage_next_missing_skips_the_interval_holding_the_position():
-    cov = Coverage([(0, 10), (20, 30)])
-    assert cov.next_missing(0) == 10
-    assert cov.next_missing(5) == 10
-    assert cov.next_missing(10) == 10
-    assert cov.next_missing(15) == 15
-    assert cov.next_missing(20) == 30
-    assert cov.next_missing(35) == 35
-    assert Coverage().next_missing(7) == 7
-
-
-def test_coverage_first_gap_is_the_lowest_needed_position_not_covered():
-    done = Coverage([(0, 10), (20, 30)])
-    assert done.first_gap(Coverage([(0, 40)])) == 10
-    assert done.first_gap(Coverage([(0, 10), (20, 25)])) is None
-    assert done.first_gap(Coverage([(5, 8), (25, 35)])) == 30
-    assert done.first_gap(Coverage([(12, 15)])) == 12
-    assert done.first_gap(Coverage()) is None
-    assert Coverage().first_gap(Coverage([(3, 4)])) == 3
-
-
-# -- covering the list --------------------------------------------------------------------------
-
-
-def test_page_positions_count_from_the_oldest_call():
-    api = FakeList.of(250)
-    first, last = api.fetch(1, 100), api.fetch(3, 100)
-    assert (first.top_seq, first.low_seq) == (249, 150)
-    assert (last.top_seq, last.low_seq) == (49, 0)
-    assert seq_of(first.records[0]["call_uuid"]) == first.seq_of(0) == 249
-    assert seq_of(last.records[-1]["call_uuid"]) == last.seq_of(49) == 0
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_covering_the_whole_list_reads_every_call_exactly_once(concurrency):
-    api = FakeList.of(1_050)
-    pager, batches, total = read_everything(api, concurrency=concurrency)
-    uuids = yielded_uuids(batches)
-    assert total == 1_050
-    assert Counter(uuids) == Counter(api.uuids())
-    assert api.requests == pager.pages_read == 11  # each page once, the head included
-    assert all(isinstance(row, CallRow) and row.account_id == ACCOUNT
-               for batch in batches for row in batch.rows)
-    assert batches[-1].frontier == 1_050
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-@pytest.mark.parametrize("drift", [1, 7, 25, 30])
-def test_sync_keeps_calls_that_arrive_while_paging(concurrency, drift):
-    api = FakeList.of(1_234, drift=drift)
-    _, batches, total = read_everything(api, concurrency=concurrency)
-    uuids = yielded_uuids(batches)
-    assert total == 1_234
-    assert set(api.uuids(total)) <= set(uuids), "a call that existed at the start was missed"
-    assert len(uuids) == len(set(uuids)), "a position was yielded twice in one pass"
-    if drift >= 30:
-        assert api.appended > 100, "the scenario should drift by more than one page"
-
-
-def test_sync_keeps_every_call_when_the_drift_varies_from_request_to_request():
-    pattern = [0, 150, 3, 0, 42, 250, 1, 0, 77]
-    api = FakeList.of(2_000, drift=lambda n: pattern[n % len(pattern)])
-    _, batches, total = read_everything(api, concurrency=4)
-    uuids = yielded_uuids(batches)
-    assert set(api.uuids(total)) <= set(uuids)
-    assert len(uuids) == len(set(uuids))
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_server_capping_per_page_is_followed_without_losing_calls(concurrency):
-    api = FakeList.of(1_020, cap=50)
-    pager, batches, _ = read_everything(api, concurrency=concurrency, per_page=100)
-    uuids = yielded_uuids(batches)
-    assert Counter(uuids) == Counter(api.uuids())
-    assert pager.per_page == 50
-    assert api.requests == math.ceil(1_020 / 50)
-
-
-def test_server_capping_per_page_under_drift_still_reads_every_call():
-    api = FakeList.of(700, cap=50, drift=13)
-    _, batches, total = read_everything(api, concurrency=4, per_page=100)
-    uuids = yielded_uuids(batches)
-    assert set(api.uuids(total)) <= set(uuids)
-    assert len(uuids) == len(set(uuids))
-
-
-def test_empty_account_costs_one_request():
-    api = FakeList.of(0)
-    _pager, batches, total = read_everything(api)
-    assert total == 0
-    assert yielded_uuids(batches) == []
-    assert api.requests == 1
-
-
-def test_a_list_of_exactly_one_page_costs_one_request():
-    api = FakeList.of(100)
-    _, batches, _ = read_everything(api)
-    assert Counter(yielded_uuids(batches)) == Counter(api.uuids())
-    assert api.requests == 1
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-@pytest.mark.parametrize("drift", [0, 17])
-def test_frontier_never_passes_a_position_not_yet_yielded(drift, concurrency):
-    api = FakeList.of(1_500, drift=drift)
-    executor = ThreadPoolExecutor(concurrency)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100, concurrency=concurrency, executor=executor)
-    head = pager.head()
-    seen: set[int] = set()
-    frontiers = []
-    batches = pager.cover(Coverage([(0, head.total_count)]), first=head, frontier_from=0)
-    for batch in batches:
-        seen.update(seq_of(row.call_uuid) for row in batch.rows)
-        lowest_unseen = next(seq for seq in range(api.count + 1) if seq not in seen)
-        assert batch.frontier is not None
-        assert batch.frontier <= lowest_unseen
-        frontiers.append(batch.frontier)
-        if batch.frontier > 0:
-            # the watermark is the newest start_time below the frontier, never beyond it
-            assert batch.watermark == api.time(batch.frontier - 1)
-        else:
-            assert batch.watermark is None
-    executor.shutdown()
-    assert frontiers == sorted(frontiers), "the frontier never moves back"
-    assert frontiers[-1] >= head.total_count
-
-
-def test_frontier_counts_from_frontier_from():
-    api = FakeList.of(500)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    head = pager.head()
-    batches = list(pager.cover(Coverage([(200, 500)]), first=head, frontier_from=200))
-    seqs = {seq_of(u) for u in yielded_uuids(batches)}
-    assert set(range(200, 500)) <= seqs
-    assert batches[-1].frontier == 500
-    assert all(b.frontier is not None and b.frontier >= 200 for b in batches)
-
-
-def test_covering_a_range_reads_only_the_pages_that_hold_it():
-    api = FakeList.of(1_000)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    pager.head()
-    before = api.requests
-    batches = list(pager.cover(Coverage([(450, 550)])))
-    seqs = {seq_of(u) for u in yielded_uuids(batches)}
-    assert set(range(450, 550)) <= seqs
-    assert api.requests - before == 2
-
-
-# -- broken or runaway listings -----------------------------------------------------------------
-
-
-def test_page_shorter_than_its_pagination_says_raises_listing_error():
-    api = FakeList.of(250)
-
-    def fetch(number: int, per_page: int) -> Page:
-        page = api.fetch(number, per_page)
-        return Page(page.number, page.per_page, page.total_count, page.total_pages, page.records[:-1])
-
-    pager = Paginator(fetch, ACCOUNT)
-    with pytest.raises(ListingError, match="page 1"):
-        pager.head()
-
-
-def test_last_page_longer_than_its_pagination_says_raises_listing_error():
-    api = FakeList.of(250)
-
-    def fetch(number: int, per_page: int) -> Page:
-        page = api.fetch(number, per_page)
-        if number == 3:  # should hold 50 calls, holds 60
-            return Page(3, page.per_page, page.total_count, page.total_pages,
-                        page.records + [api.call(seq) for seq in range(10)])
-        return page
-
-    pager = Paginator(fetch, ACCOUNT)
-    head = pager.head()
-    with pytest.raises(ListingError, match="page 3"):
-        list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-
-
-def test_list_jumping_ten_pages_on_every_request_raises_listing_error_instead_of_looping():
-    api = FakeList.of(500, drift=1_000, max_requests=100)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    head = pager.head()
-    with pytest.raises(ListingError, match="faster than it could be read"):
-        list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-    assert api.requests < 50
-
-
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_list_jumping_further_on_every_request_ends_instead_of_looping(concurrency):
-    # Each request lands where the list has run further than the one before. Reading new
-    # positions is no progress toward the needed ones: the paginator either still covers them
-    # (it aims where the list will be) or gives up with ListingError, within a bounded budget.
-    api = FakeList.of(500, drift=lambda n: 1_000 + 100 * n, max_requests=100)
-    with ThreadPoolExecutor(concurrency) as executor:
-        pager = Paginator(api.fetch, ACCOUNT, per_page=100, concurrency=concurrency,
-                          executor=executor)
-        head = pager.head()
-        try:
-            batches = list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-        except ListingError:
-            return
-    seen = {row.call_uuid for batch in batches for row in batch.rows}
-    assert {api.call(seq)["call_uuid"] for seq in range(500)} <= seen
-
-
-# -- seek -----------------------------------------------------------------------------------------
-
-
-def _bursty_times(count: int) -> list[datetime]:
-    """Start times in bursts: dense clusters separated by long quiet spells."""
-    times, moment = [], BASE
-    for i in range(count):
-        moment += timedelta(seconds=1 if i % 500 else 86_400 * (1 + i % 7))
-        times.append(moment)
-    return times
-
-
-def _assert_brackets(times: list[datetime], moment: datetime, low: int, high: int,
-                     per_page: int) -> None:
-    target = bisect.bisect_left(times, moment)  # first position starting at or after moment
-    assert low < target <= high, (low, target, high)
-    assert high - low - 1 <= per_page
-    if low >= 0:
-        assert times[low] < moment
-    if high < len(times):
-        assert times[high] >= moment
-
-
-@pytest.mark.parametrize("shape", ["uniform", "bursty"])
-@pytest.mark.parametrize("where", [-1.0, 0.0, 0.001, 0.37, 0.5, 0.999, 1.0, 2.0])
-def test_seek_brackets_a_moment_with_about_log2_pages_requests(shape, where):
-    count = 30_000  # 300 pages
-    times = ([BASE + timedelta(seconds=10 * i) for i in range(count)] if shape == "uniform"
-             else _bursty_times(count))
-    api = FakeList(times)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    pager.head()
-    if where < 0:
-        moment = times[0] - timedelta(days=1)
-    elif where > 1:
-        moment = times[-1] + timedelta(days=1)
-    else:
-        moment = times[min(count - 1, int(where * count))] + timedelta(microseconds=1)
-    before = api.requests
-    low, high = pager.seek(moment)
-    _assert_brackets(times, moment, low, high, per_page=100)
-    assert api.requests - before <= math.ceil(math.log2(300)) + 1
-
-
-def test_seek_finds_the_first_of_calls_sharing_a_start_time():
-    times = [BASE + timedelta(seconds=i // 250) for i in range(5_000)]  # 250 calls per second
-    api = FakeList(times)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    pager.head()
-    moment = BASE + timedelta(seconds=7)
-    low, high = pager.seek(moment)
-    _assert_brackets(times, moment, low, high, per_page=100)
-
-
-def test_seek_costs_no_request_when_stored_marks_already_bracket_the_moment():
-    api = FakeList.of(30_000)
-    marks = [Mark(seq, api.times[seq], f"call-{seq:07d}") for seq in (0, 10_000, 10_050, 29_999)]
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100, positions=Positions(marks))
-    pager.head()
-    before = api.requests
-    moment = api.times[10_020] + timedelta(seconds=1)
-    low, high = pager.seek(moment)
-    assert api.requests == before
-    assert (low, high) == (10_000, 10_050)
-    _assert_brackets(api.times, moment, low, high, per_page=100)
-
-
-def test_seek_uses_marks_to_narrow_before_bisecting():
-    api = FakeList.of(30_000)
-    marks = [Mark(seq, api.times[seq], f"call-{seq:07d}") for seq in (12_000, 12_800)]
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100, positions=Positions(marks))
-    pager.head()
-    before = api.requests
-    moment = api.times[12_345]
-    low, high = pager.seek(moment)
-    _assert_brackets(api.times, moment, low, high, per_page=100)
-    assert api.requests - before <= math.ceil(math.log2(8)) + 1
-
-
-def test_pages_read_by_seek_are_not_read_again_by_cover():
-    api = FakeList.of(3_000)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    head = pager.head()
-    low, _ = pager.seek(api.times[1_234])
-    after_seek = api.requests
-    batches = list(pager.cover(Coverage([(low + 1, head.total_count)]), first=head))
-    seqs = [seq_of(u) for u in yielded_uuids(batches)]
-    assert set(range(low + 1, 3_000)) <= set(seqs)
-    assert len(seqs) == len(set(seqs))
-    pages_needed = math.ceil((3_000 - (low + 1)) / 100)
-    assert api.requests - after_seek <= pages_needed - 1  # the head and seek's pages are reused
-
-
-# -- stored positions ---------------------------------------------------------------------------
-
-
-def test_stored_mark_that_disagrees_with_the_listing_raises_positions_stale():
-    api = FakeList.of(250)
-    stale = Mark(200, api.times[200], "call-removed-since")
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100, positions=Positions([stale]))
-    head = pager.head()
-    with pytest.raises(PositionsStale, match="call-removed-since"):
-        list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-
-
-def test_stored_mark_that_agrees_with_the_listing_is_accepted():
-    api = FakeList.of(250)
-    good = Mark(200, api.times[200], "call-0000200")
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100, positions=Positions([good]))
-    head = pager.head()
-    batches = list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-    assert Counter(yielded_uuids(batches)) == Counter(api.uuids())
-
-
-def test_positions_stale_is_a_listing_error():
-    assert issubclass(PositionsStale, ListingError)
-
-
-def test_cover_reports_new_marks_once_for_the_caller_to_store():
-    api = FakeList.of(450)
-    pager = Paginator(api.fetch, ACCOUNT, per_page=100)
-    head = pager.head()
-    batches = list(pager.cover(Coverage([(0, head.total_count)]), first=head))
-    marks = [m for b in batches for m in b.marks]
-    assert marks, "page edges are remembered as marks"
-    assert len({m.seq for m in marks}) == len(marks)
-    for mark in marks:
-        assert mark.call_uuid == f"call-{mark.seq:07d}"
-        assert mark.start_time == api.time(mark.seq)
+        self.requests += 1
+        if self.before_answer is not None:
+            self.before_answer(self)
+        chunk = self.calls[(number - 1) * per_page: number * per_page]
+        records = [{"call_uuid": u, "start_time": at(s).isoformat()} for u, s in chunk]
+        return Page(number, per_page, len(self.calls), -(-len(self.calls) // per_page), records)
+
+
+def sheet(listing: Listing, number: int, per_page: int = 10, answered: int = 1) -> Sheet:
+    return Sheet.read(listing.fetch(number, per_page), "MA1", answered)
+
+
+class Stored:
+    """The warehouse's count of stored calls, over a set of (uuid, second)."""
+
+    def __init__(self, calls: list[tuple[str, int]]) -> None:
+        self.calls = dict(calls)
+
+    def count_since(self, moment: datetime, until: datetime | None = None) -> int:
+        return sum(1 for s in self.calls.values()
+                   if at(s) >= moment and (until is None or at(s) < until))
+
+
+# -- what a page proves ------------------------------------------------------------------------
+
+def test_a_page_not_sorted_newest_first_is_refused():
+    page = Page(1, 10, 2, 1, [{"call_uuid": "a", "start_time": at(1).isoformat()},
+                             {"call_uuid": "b", "start_time": at(2).isoformat()}])
+    with pytest.raises(ListingError, match="not sorted"):
+        Sheet.read(page, "MA1", 1)
+
+
+def test_boundaries_count_exactly_the_calls_that_started_after_a_second_inside_the_page():
+    listing = Listing([100, 100, 99, 98, 98, 98, 97, 50, 40, 30, 20, 10])
+    second = sheet(listing, 2, per_page=5)  # ranks 5..9: 98, 97, 50, 40, 30
+
+    assert second.boundaries() == [(at(97), 6), (at(50), 7), (at(40), 8), (at(30), 9)]
+    for moment, count in second.boundaries():
+        assert count == sum(1 for _, s in listing.calls if at(s) > moment)
+
+
+def test_pages_overlap_when_they_share_a_call_or_their_time_ranges_cross():
+    listing = Listing(list(range(100, 0, -1)))
+    a, b = sheet(listing, 1), sheet(listing, 2)
+    assert not a.overlaps(b)  # neighbours that only touch prove nothing by themselves
+    listing.add(1000)
+    assert sheet(listing, 2).overlaps(a)  # one arrival: page 2 now holds page 1's last call
+
+
+def test_the_page_after_follows_when_asked_for_later():
+    listing = Listing(list(range(100, 0, -1)))
+    first, second = sheet(listing, 1, answered=1), sheet(listing, 2, answered=2)
+    assert follows(first, second)
+    assert not follows(second, sheet(listing, 3, answered=1))  # answered before: no proof
+
+
+def test_the_last_page_ends_the_list_even_when_it_is_full():
+    listing = Listing(list(range(20, 0, -1)))
+    assert sheet(listing, 2).is_end and not sheet(listing, 1).is_end
+    assert sheet(listing, 3).is_end and not sheet(listing, 3).calls
+
+
+def test_page_number_of_a_rank():
+    assert [page_number(r, 100) for r in (0, 99, 100, 250)] == [1, 1, 2, 3]
+
+
+# -- coverage ----------------------------------------------------------------------------------
+
+def test_intervals_that_overlap_merge_and_those_that_only_touch_do_not():
+    a, b, c = Interval(at(0), at(10)), Interval(at(5), at(20)), Interval(at(20), at(30))
+    assert merge([a, b, c]) == [Interval(at(20), at(30)), Interval(at(0), at(20))]
+
+
+def test_a_chain_from_the_head_covers_its_newest_second_and_one_to_the_end_its_oldest():
+    listing = Listing(list(range(15, 0, -1)))
+    head, last = sheet(listing, 1), sheet(listing, 2)
+    interval = chain_interval(head, last, head=True)
+    assert interval == Interval(at(1) - TICK, at(15) + TICK)
+
+
+def test_gaps_read_the_head_into_the_newest_interval_and_every_hole_below():
+    covered = [Interval(at(100), at(200)), Interval(at(10), at(50))]
+
+    todo = gaps(covered, lookback=timedelta(seconds=20), floor=at(0))
+
+    assert todo == [Gap(None, at(180)), Gap(at(100), at(50)), Gap(at(10), at(0))]
+    assert gaps(covered, lookback=timedelta(0), floor=at(20)) == [Gap(None, at(200)),
+                                                                  Gap(at(100), at(50))]
+    assert gaps([], lookback=timedelta(0), floor=None) == [Gap(None, None)]
+
+
+# -- walks -------------------------------------------------------------------------------------
+
+def _walk_all(listing: Listing, walks: int, per_page: int = 10) -> tuple[set[str], Reader, list[Walk]]:
+    reader = Reader(listing.fetch, "MA1", per_page=per_page)
+    head = reader.read(1)
+    last = page_number(head.total_count - 1, per_page)
+    firsts = [2 + i * (last - 1) // walks for i in range(walks)]
+    chain = [Walk(f, lambda s: False) for f in firsts]
+    chain[0].above = head
+    for upper, lower in zip(chain, chain[1:], strict=False):
+        upper.joins = lower
+    seen = set(head.uuids)
+    for _walk, page in reader.walk(chain):
+        seen |= page.uuids
+    assert all(w.done for w in chain)
+    return seen, reader, chain
+
+
+def test_walks_cover_a_still_list_with_one_extra_page_where_two_meet():
+    listing = Listing(list(range(1000, 0, -1)))
+
+    seen, reader, chain = _walk_all(listing, walks=4)
+
+    assert seen == {u for u, _ in listing.calls}
+    assert listing.requests == 100 + 3
+    assert all(w.met for w in chain[:-1])
+
+
+def test_walks_keep_every_call_present_throughout_while_calls_arrive_and_age_out():
+    listing = Listing(list(range(1000, 0, -1)))
+    before = {u for u, _ in listing.calls}
+    clock = iter(range(2000, 10_000))
+
+    def churn(lst: Listing) -> None:
+        lst.add(next(clock))
+        lst.add(next(clock))
+        lst.calls.pop()  # the oldest call leaves the window
+
+    listing.before_answer = churn
+    seen, _, _ = _walk_all(listing, walks=4)
+
+    throughout = before & {u for u, _ in listing.calls}
+    assert throughout - seen == set()
+
+
+# -- seeking -----------------------------------------------------------------------------------
+
+def test_seeking_a_second_finds_the_page_that_straddles_it_in_about_log2_pages():
+    listing = Listing(list(range(100_000, 0, -10)))  # 10,000 calls, 1,000 pages of 10
+    reader = Reader(listing.fetch, "MA1", per_page=10)
+    head = reader.read(1)
+    seeker = Seeker(reader)
+
+    found = seeker.page_at(at(33_335), head)
+
+    assert found.newest >= at(33_335) > found.oldest
+    assert seeker.probes <= 12
+
+
+def test_seeking_with_the_warehouses_estimate_takes_one_request():
+    listing = Listing(list(range(100_000, 0, -10)))
+    stored = Stored(listing.calls)
+    reader = Reader(listing.fetch, "MA1", per_page=10)
+    head = reader.read(1)
+    seeker = Seeker(reader, stored.count_since)
+
+    found = seeker.page_at(at(33_335), head)
+
+    assert found.newest >= at(33_335) > found.oldest
+    assert seeker.probes == 1
+
+
+# -- the count check ---------------------------------------------------------------------------
+
+def _audit(listing: Listing, stored: Stored) -> tuple[Audit, list[Sheet]]:
+    reader = Reader(listing.fetch, "MA1", per_page=10)
+    head = reader.read(1)
+    tail = reader.read(page_number(head.total_count - 1, 10))
+    audit = Audit(reader, stored, head, tail)  # type: ignore[arg-type]
+    pages = []
+    for page in audit.run(set(head.uuids)):
+        pages.append(page)
+        stored.calls.update((c.call_uuid, int((c.start_time - T0).total_seconds()))
+                            for c in page.calls)
+    return audit, pages
+
+
+def test_the_count_check_finds_a_call_listed_late_in_about_log2_pages():
+    listing = Listing(list(range(20_000, 0, -10)))  # 2,000 calls, 200 pages
+    stored = Stored(listing.calls)
+    late = listing.add(7_777)
+
+    audit, pages = _audit(listing, stored)
+
+    assert audit.found and any(late in p.uuids for p in pages)
+    assert late in stored.calls
+    assert audit.probes <= 2 + 8 + 2
+
+
+def test_the_count_check_reads_the_page_where_a_stored_call_is_gone():
+    listing = Listing(list(range(20_000, 0, -10)))
+    stored = Stored(listing.calls)
+    gone = listing.calls[1234][0]
+    listing.remove(gone)
+
+    audit, pages = _audit(listing, stored)
+
+    assert audit.found
+    assert any(p.oldest < at(stored.calls[gone]) < p.newest for p in pages)
+
+
+def test_the_count_check_is_silent_when_the_warehouse_holds_the_list():
+    listing = Listing(list(range(20_000, 0, -10)))
+    audit, pages = _audit(listing, Stored(listing.calls))
+    assert not audit.found and pages == []

@@ -19,8 +19,9 @@ from etl.loader import in_transaction, upsert_calls, utcnow
 from etl.migrate import upgrade
 from etl.records import parse_call, parse_timestamp
 from etl.schema import calls, rejects, sync_runs
-from etl.state import advance_state, read_state
-from tests.helpers import assert_matches_simulator, stored_rows
+from etl.coverage import Interval
+from etl.state import read_state, save_state
+from tests.helpers import assert_matches_simulator, assert_window_matches, stored_rows
 
 
 def _popen(proj, *args):
@@ -50,47 +51,54 @@ def _wait_until(predicate, timeout=60.0, process=None):
     raise AssertionError("timed out")
 
 
-def _assert_frontier_is_committed(engine, sim, auth_id):
-    """Every call below the stored frontier is in the table: the watermark never ran ahead."""
+def _assert_frontier_is_committed(engine, sim, auth_id, listed_before):
+    """Every call listed before the run and still listed, inside the stored coverage, is in the
+    table: coverage never ran ahead of committed rows."""
     with engine.connect() as conn:
         state = read_state(conn, auth_id)
     if state is None:
         return
-    listed = sim.calls(auth_id)
-    below = {c["call_uuid"] for i, c in enumerate(listed) if len(listed) - 1 - i < state.synced_seq}
-    missing = below - set(stored_rows(engine, auth_id))
-    assert not missing, f"{len(missing)} calls below the frontier are not stored"
+    stored = set(stored_rows(engine, auth_id))
+    for interval in state.coverage:
+        inside = {c["call_uuid"] for c in sim.calls(auth_id)
+                  if interval.lower < parse_timestamp(c["start_time"]) < interval.upper
+                  and c["call_uuid"] in listed_before}
+        missing = inside - stored
+        assert not missing, f"{len(missing)} calls inside {interval} are not stored"
     if state.watermark is not None:
-        newest_below = max((parse_timestamp(c["start_time"]) for i, c in enumerate(listed)
-                            if len(listed) - 1 - i < state.synced_seq), default=None)
-        assert state.watermark <= newest_below
+        assert state.watermark <= max(r["start_time"] for r in stored_rows(engine, auth_id).values())
 
 
+@pytest.mark.parametrize("ageing", [0, 20], ids=["arrivals", "moving-window"])
 def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
-        simulator, project, database_url, engine_for):
+        simulator, project, database_url, engine_for, ageing):
     sim = simulator(accounts=1, calls=20_000, latency_ms=3, seed=21)
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)
     proj.run("migrate", check=True)
-    sim.set_faults(drift_rate=30)
+    sim.set_faults(drift_rate=30, expire_rate=ageing)
     kills = 0
-    for threshold in (1, 3_000, 8_000, 14_000):
+    for step in (1, 3_000, 4_000, 3_000):
+        threshold = _count(engine, auth_id) + step
+        listed_before = set(sim.listed_uuids(auth_id))
         process = _popen(proj, "sync")
         reached = _wait_until(lambda t=threshold: _count(engine, auth_id) >= t, process=process)
         if reached:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait(timeout=60)
-        _assert_frontier_is_committed(engine, sim, auth_id)
+        _assert_frontier_is_committed(engine, sim, auth_id, listed_before)
     assert kills >= 3
     assert proj.run("sync").returncode == 0  # no stale lock blocks it
-    sim.set_faults(drift_rate=0)
+    sim.set_faults(drift_rate=0, expire_rate=0)
     sim.finish_open_calls()
 
     proj.run("sync", check=True)
 
-    assert_matches_simulator(engine, sim)
+    assert_window_matches(engine, sim, auth_id)
+    if not ageing:
+        assert_matches_simulator(engine, sim)
     with engine.connect() as conn:
         outcomes = conn.execute(select(sync_runs.c.outcome).order_by(sync_runs.c.started_at)).scalars().all()
     assert outcomes.count("running") == kills  # a killed run shows as never finished
@@ -245,7 +253,8 @@ def test_a_batch_cut_off_by_a_dropped_connection_is_rolled_back_and_retried(post
             with killer.connect() as other:
                 other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         counts += upsert_calls(conn, rows[50:], utcnow())
-        advance_state(conn, "MA1", "one", synced_seq=100, base_seq=0, watermark=rows[-1].start_time)
+        save_state(conn, "MA1", "one", coverage=[Interval(rows[0].start_time, rows[-1].start_time)],
+                   watermark=rows[-1].start_time)
         return counts
 
     counts = in_transaction(engine, batch, first_wait=0.01)
@@ -254,7 +263,7 @@ def test_a_batch_cut_off_by_a_dropped_connection_is_rolled_back_and_retried(post
     assert counts.new == 100  # the first attempt left nothing behind
     assert len(stored_rows(engine)) == 100
     with engine.connect() as conn:
-        assert read_state(conn, "MA1").synced_seq == 100
+        assert read_state(conn, "MA1").coverage == (Interval(rows[0].start_time, rows[-1].start_time),)
 
 
 def test_a_locked_sqlite_database_is_waited_for(simulator, project, engine_for):
@@ -288,7 +297,7 @@ def test_no_token_reaches_output_logs_rows_or_cassettes(simulator, project, engi
         outputs += [result.stdout, result.stderr]
     engine = engine_for(proj.database_url)
     with engine.connect() as conn:
-        for table in ("calls", "rejects", "sync_runs", "sync_state", "call_positions"):
+        for table in ("calls", "rejects", "sync_runs", "sync_state", "sync_coverage"):
             outputs += [repr(row) for row in conn.execute(text(f"SELECT * FROM {table}"))]
     from tests.conftest import PROJECT
     for path in (PROJECT / "tests" / "cassettes").glob("*"):
