@@ -23,10 +23,11 @@ the same event: they may extend the gate, but lower the pace only once.
 2. *Announced* limits: `RateLimit-Limit/Remaining/Reset` (IETF draft; `RateLimit-Policy` or a
    `;w=` parameter gives the window) or `X-RateLimit-Limit/Remaining/Reset` (Reset as delta
    seconds or as an epoch timestamp). The pace is `rate_share * limit / window` (the window is
-   learned as the longest Reset seen when not announced), and never more than the remaining
-   quota spread evenly until the reset. When our estimate of the remaining quota (the last
-   announced Remaining less what we sent since) reaches zero, the gate stays shut until the
-   reset, so a known limit is never overrun.
+   learned as the longest Reset seen when not announced). For windows of 2 s or more the pace
+   is also never more than the remaining quota spread evenly until the reset, and when our
+   estimate of the remaining quota (the last announced Remaining less what we sent since)
+   reaches zero, the gate stays shut until the reset, so a known limit is never overrun. (A
+   1-second quota is a token bucket in whole seconds: its Reset says when it is full again.)
 3. *Learned* limits (nothing announced), AIMD with a memory:
    - Until the first 429 the flow is unpaced.
    - On a 429 event (multiplicative decrease) the limit estimate `hi` becomes the pace the
@@ -80,10 +81,16 @@ MAX_HOLD = 30.0
 NEAR = 0.97
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
+# Each 429 despite an announced limit lowers that share by MARGIN_STEP, down to MIN_MARGIN.
+MARGIN_STEP = 0.02
+MIN_MARGIN = 0.85
+# Announced windows at least this long (seconds) also bound the remaining quota until the reset.
+QUOTA_WINDOW = 2.0
 # The slowest pace ever set, in requests per second.
 FLOOR = 0.2
-# How late a slot may be taken and still count from its planned time, in slots.
-CATCH_UP = 0.25
+# How late a slot may be taken and still count from its planned time, in slots (small: a
+# server with a burst of one refuses a request that comes early by more than the margin).
+CATCH_UP = 0.02
 # The shortest span a pace is measured over, in seconds.
 MIN_SPAN = 1.0
 # Seconds without a 429 before the pace grows a step.
@@ -143,14 +150,25 @@ def parse_rate_headers(headers: Mapping[str, str], wall_now: float | None = None
                 if value > _EPOCH_THRESHOLD:
                     value -= time.time() if wall_now is None else wall_now
                 reset = max(0.0, value)
-        window = None
-        for source in (headers.get("RateLimit-Policy"), headers.get(prefix + "Limit")):
-            match = _WINDOW.search(source or "")
-            if match and float(match.group(1)) > 0:
-                window = float(match.group(1))
-                break
-        return Announced(limit, remaining, reset, window)
+        return Announced(limit, remaining, reset, _policy_window(headers, prefix, limit))
     return None
+
+
+def _policy_window(headers: Mapping[str, str], prefix: str, limit: int) -> float | None:
+    """The window of the announced limit, from `RateLimit-Policy: 300;w=5, 20;w=1` (the entry
+    whose quota is the Limit, else the tightest) or a `;w=` on the Limit header itself."""
+    entries: list[tuple[int, float]] = []
+    for source in (headers.get("RateLimit-Policy"), headers.get(prefix + "Limit")):
+        for part in (source or "").split(","):
+            quota, match = _first_int(part), _WINDOW.search(part)
+            if quota and match and float(match.group(1)) > 0:
+                entries.append((quota, float(match.group(1))))
+    if not entries:
+        return None
+    same = [w for q, w in entries if q == limit]
+    if same:
+        return same[0]
+    return min(entries, key=lambda e: e[0] / e[1])[1]
 
 
 @dataclass
@@ -192,6 +210,7 @@ class Throttle:
         self._changed_at = 0.0
         # Announced state.
         self.announced: Announced | None = None
+        self._margin = ANNOUNCED_MARGIN
         self._announced_window: float | None = None
         self._quota: int | None = None  # what we may still send before `_quota_reset_at`
         self._quota_seq = 0  # the sequence number `_quota` was counted at
@@ -208,6 +227,7 @@ class Throttle:
         # starts at one and grows by one per answer, so a cold start's first wave of 429s is
         # small, and stops mattering after a few round trips.
         self._inflight = 0
+        self._last_sent = 0.0
         self._window: int | None = None if self.ceiling else 1
         self._held_pace: float | None = None  # the pace a probe above the estimate started at
         self._opened_at = 0.0  # when the gate last reopened (or the first request)
@@ -243,7 +263,7 @@ class Throttle:
         window = ann.window or self._announced_window
         pace = None
         if window:
-            pace = ANNOUNCED_MARGIN * self.share * ann.limit / window
+            pace = self._margin * self.share * ann.limit / window
         if self._quota is not None and now < self._quota_reset_at:
             left = self._quota_reset_at - now
             if left > 0.05:
@@ -293,6 +313,7 @@ class Throttle:
                     self._next = now
                 self._seq += 1
                 self._inflight += 1
+                self._last_sent = now
                 ticket = Ticket(now, self._seq)
                 if self._first_sent is None:
                     self._first_sent = self._opened_at = now
@@ -416,7 +437,10 @@ class Throttle:
 
     def _decrease(self, now: float) -> None:
         if self.announced is not None and (self.announced.window or self._announced_window):
-            return  # the server states its limit; the quota guard and the gate handle a miss
+            # The server states its limit, yet refused: arrivals bunch up more than the margin
+            # allows (a burst of one). Widen the margin a little each time.
+            self._margin = max(MIN_MARGIN, self._margin - MARGIN_STEP)
+            return
         self._trim(now)
         active = max(now - self._opened_at, 1e-3)
         accepted = self._since_open
@@ -489,10 +513,23 @@ class Throttle:
         ann = parse_rate_headers(headers, self._wall())
         if ann is None:
             return
+        first = self.announced is None
         self.announced = ann
         if ann.reset is not None and ann.window is None:
             longest = self._announced_window or 0.0
             self._announced_window = max(longest, ann.reset, 1.0)
+        if first:
+            # Requests sent unpaced before the limit was known: the next slot keeps the pace
+            # from the last of them.
+            cap = self._cap()
+            if cap:
+                self._next = max(self._next, self._last_sent + 1.0 / cap)
+        window = ann.window or self._announced_window or 0.0
+        if window < QUOTA_WINDOW:
+            # A one-second quota is a token bucket described in whole seconds (Reset is when
+            # it is full again): the pace alone is the right reading.
+            self._quota = None
+            return
         if ann.remaining is not None and ann.reset is not None and ticket.seq >= self._quota_seq:
             # Requests sent after this one are not in the server's count yet.
             self._quota = ann.remaining
