@@ -519,8 +519,9 @@ class Throttle:
             longest = self._announced_window or 0.0
             self._announced_window = max(longest, ann.reset, 1.0)
         if first:
-            # Requests sent unpaced before the limit was known: the next slot keeps the pace
-            # from the last of them.
+            # The pace bounds the flow from now on, not the cold-start window; and the next
+            # slot keeps that pace from the last request sent before the limit was known.
+            self._window = None
             cap = self._cap()
             if cap:
                 self._next = max(self._next, self._last_sent + 1.0 / cap)
@@ -534,4 +535,8 @@ class Throttle:
             # Requests sent after this one are not in the server's count yet.
             self._quota = ann.remaining
             self._quota_seq = ticket.seq
-            self._quota_reset_at = now + ann.reset
+            # Reset comes in whole seconds, rounded up: within one window the earliest
+            # reading is the closest to the truth.
+            reset_at = now + ann.reset
+            same_window = abs(reset_at - self._quota_reset_at) < 1.0
+            self._quota_reset_at = min(reset_at, self._quota_reset_at) if same_window else reset_at

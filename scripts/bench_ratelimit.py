@@ -234,7 +234,11 @@ def cells(quick: bool) -> list[Cell]:
                         targets=">=97%, no 429"))
     out.append(Cell("share", "60/s b10 100ms share 0.5, customer 20/s", 60, 10, 100, 8,
                     {"rate_limit": 60, "foreign_rate": 20}, {"rate_share": 0.5},
-                    targets="<= 50% of the limit"))
+                    targets="<= 50% of the limit; learned: of what the customer leaves"))
+    out.append(Cell("share", "300 per 5 s 100ms ietf, share 0.5, customer 20/s", 60, None, 100,
+                    8, {"window_limit": 300, "window_seconds": 5, "foreign_rate": 20,
+                        "rate_headers": "ietf"}, {"rate_share": 0.5},
+                    targets="<= 50% of the announced limit"))
     for concurrency in ((1, 4, 8, 16) if quick else range(1, 17)):
         out.append(Cell("never", f"5/s b1 50ms c{concurrency}", 5, 1, 50, concurrency,
                         {"rate_limit": 5}, targets="exit 0"))
