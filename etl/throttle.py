@@ -28,19 +28,27 @@ the same event: they may extend the gate, but lower the pace only once.
    estimate of the remaining quota (the last announced Remaining less what we sent since)
    reaches zero, the gate stays shut until the reset, so a known limit is never overrun. (A
    1-second quota is a token bucket in whole seconds: its Reset says when it is full again.)
-3. *Learned* limits (nothing announced), AIMD with a memory:
-   - Until the first 429 the flow is unpaced.
-   - On a 429 event (multiplicative decrease) the limit estimate `hi` becomes the pace the
-     server refused: the current pace, or, from unpaced, the pace the server *accepted* so far
-     (accepted answers over the active time, i.e. not counting closed-gate time). Once at least
-     `window` seconds (10 s: two windows of a 300-per-5-s limit) of active history exist, the
-     pace the server accepted over that window bounds `hi` too: it is what a window-style or
-     token-bucket limit really lets through. The pace drops to `BETA * hi`.
-   - Without a 429 (additive increase), every `confirm` period (1 s, or 8 slots if slower) the
-     pace grows by `STEP_FAR * hi` while below `NEAR * hi`, then by `STEP_NEAR * hi`: quickly
-     back to the known limit, then slowly above it, probing for headroom that appeared.
+3. *Learned* limits (nothing announced): AIMD with a memory and a CUBIC-style probe.
+   - Cold start: unpaced, but at most 1 request in flight, one more per answer (it doubles
+     every round trip, as TCP's slow start), until the first 429 or 64 in flight; so the
+     first wave of 429s is small.
+   - On a 429 event (multiplicative decrease), `hi` (the limit estimate) becomes the pace the
+     server refused: the pace kept, or, from the cold start, the answers accepted per second
+     of open gate. The pace drops to `BETA * hi`, or, when the 429 came within `SETTLED`
+     answers of the gate reopening (far too fast), to no less than `FAST_BETA * hi` or what
+     the server let through (per wall second over the last `window` seconds, or beyond the
+     burst a pause refills). A kept pace that is refused also drops to what the server
+     accepted per open-gate second over the window: far above a limit, that is the limit.
+     With nothing accepted at all, the pace starts at 1 req/s and doubles every second.
+   - Without a 429, every `CONFIRM` second: while `hi` is only the cold start's guess, the
+     pace grows by a quarter; otherwise it climbs halfway back to the hold level (`NEAR *
+     hi`, or what the server accepted if less), holds there `HOLD` s (doubling with every
+     event, at most `MAX_HOLD`), then probes above along a cubic, +1% after `PROBE_AFTER` s,
+     +8% after twice that: a limit just above costs a rare 429, one far above is found within
+     seconds.
    - `rate_share < 1` caps the pace at `rate_share * hi` and stops probing beyond it, leaving
      the rest of the account's budget to the customer's own traffic.
+   The `window` (10 s) is long enough to cover window-style limits such as 300 per 5 s.
 
 *Bound.* The closed-gate time caused by 429s is summed per account; beyond
 `max_throttle_seconds` the next 429 raises `ThrottleExhausted` (one line, names the key), so an
@@ -69,8 +77,7 @@ SETTLED = 8
 # The pace after a 429 when nothing was ever accepted, doubled every confirm period until the
 # next 429 (slow start).
 START_PACE = 1.0
-# Additive increase per confirm period, as a share of the limit estimate: far below it, near it.
-STEP_FAR = 0.05
+# The cubic probe above the hold level: +STEP_NEAR of it PROBE_AFTER seconds into the probe.
 STEP_NEAR = 0.01
 PROBE_AFTER = 3.0
 # Growth per confirm period while the only estimate is a cold start's guess.
@@ -78,6 +85,7 @@ UNSURE_GROWTH = 1.25
 # Seconds held under a refused pace before probing above it: doubles with every 429 event.
 HOLD = 3.0
 MAX_HOLD = 30.0
+# The hold level, as a share of the pace refused.
 NEAR = 0.97
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
