@@ -34,18 +34,18 @@ the same event: they may extend the gate, but lower the pace only once.
      first wave of 429s is small.
    - On a 429 event (multiplicative decrease), `hi` (the limit estimate) becomes the pace the
      server refused: the pace kept, or, from the cold start, the answers accepted per second
-     of open gate. The pace drops to `BETA * hi`, or, when the 429 came within `SETTLED`
-     answers of the gate reopening (far too fast), to no less than `FAST_BETA * hi` or what
-     the server let through (per wall second over the last `window` seconds, or beyond the
-     burst a pause refills). A kept pace that is refused also drops to what the server
-     accepted per open-gate second over the window: far above a limit, that is the limit.
-     With nothing accepted at all, the pace starts at 1 req/s and doubles every second.
+     of open gate. The pace drops to at most `BETA * hi`, and as far as what the server let
+     through (`lower`: per wall second over the last `window` seconds, or per second beyond
+     the burst that a pause refills, the burst being what the cold start got before its
+     first 429), but no further than `KEPT_BETA * hi` after a kept pace, or `FAST_BETA * hi`
+     after a cold start or a 429 within `SETTLED` answers of the gate reopening (both say
+     the pace was far too high). With nothing accepted at all, the pace starts at 1 req/s and
+     doubles every second.
    - Without a 429, every `CONFIRM` second: while `hi` is only the cold start's guess, the
-     pace grows by a quarter; otherwise it climbs halfway back to the hold level (`NEAR *
-     hi`, or what the server accepted if less), holds there `HOLD` s (doubling with every
-     event, at most `MAX_HOLD`), then probes above along a cubic, +1% after `PROBE_AFTER` s,
-     +8% after twice that: a limit just above costs a rare 429, one far above is found within
-     seconds.
+     pace grows by half; otherwise it holds where the decrease left it for `HOLD` s (doubling
+     with every event, at most `MAX_HOLD`), then probes above along a cubic, +1% after
+     `PROBE_AFTER` s, +8% after twice that: a limit just above costs a rare 429, one far above
+     is found within seconds.
    - `rate_share < 1` caps the pace at `rate_share * hi` and stops probing beyond it, leaving
      the rest of the account's budget to the customer's own traffic.
    The `window` (10 s) is long enough to cover window-style limits such as 300 per 5 s.
@@ -69,10 +69,13 @@ from dataclasses import dataclass
 
 from .errors import APIError
 
-# Multiplicative decrease after a 429 event, as a share of the pace the server refused; the
-# fast one when the 429 came within SETTLED accepted answers of the gate reopening.
+# Multiplicative decrease after a 429 event, as a share of the pace the server refused (at
+# most; see _decrease); the fast one when the 429 came within SETTLED accepted answers of the
+# gate reopening, or after the cold start.
 BETA = 0.9
 FAST_BETA = 0.5
+# The deepest decrease after a kept pace is refused, when little came through beyond the burst.
+KEPT_BETA = 0.7
 SETTLED = 8
 # The pace after a 429 when nothing was ever accepted, doubled every confirm period until the
 # next 429 (slow start).
@@ -81,12 +84,10 @@ START_PACE = 1.0
 STEP_NEAR = 0.01
 PROBE_AFTER = 3.0
 # Growth per confirm period while the only estimate is a cold start's guess.
-UNSURE_GROWTH = 1.25
+UNSURE_GROWTH = 1.5
 # Seconds held under a refused pace before probing above it: doubles with every 429 event.
 HOLD = 3.0
 MAX_HOLD = 30.0
-# The hold level, as a share of the pace refused.
-NEAR = 0.97
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
 # Each 429 despite an announced limit lowers that share by MARGIN_STEP, down to MIN_MARGIN.
@@ -241,7 +242,6 @@ class Throttle:
         self._opened_at = 0.0  # when the gate last reopened (or the first request)
         self._burst: int | None = None  # answers accepted before the first 429
         self._hi_firm = False  # whether `hi` is a pace that was kept and refused
-        self._target = 0.0  # the pace held after a 429 event, before probing above it
         self._seq = 0
         # History: accepted answers (times), closed-gate intervals, for the accepted pace.
         self._accepted: deque[float] = deque()
@@ -472,16 +472,12 @@ class Throttle:
         # The pace refused is a firm upper bound only when it was a pace we kept.
         self._hi_firm = self.pace is not None
         self.hi = refused if self.hi is None else min(self.hi, refused)
-        if accepted >= SETTLED:
-            pace = BETA * refused
-        else:
-            pace = min(BETA * refused, max(lower, FAST_BETA * refused))
-        # Far above the limit, the server let through about its own pace over the window.
-        measured = self.accepted_pace(now)
-        if self._hi_firm and measured is not None and math.isfinite(measured[0]):
-            pace = min(pace, measured[0])
-        self.pace = max(FLOOR, pace)
-        self._target = max(self.pace, min(NEAR * refused, measured[0] if measured else 0.0))
+        # The limit lies between what came through (beyond the burst) and the pace refused;
+        # a 429 soon after the gate reopened, or a cold start's estimate (inflated by the
+        # burst it got), says the pace was far too high.
+        deepest = KEPT_BETA if self._hi_firm and accepted >= SETTLED else FAST_BETA
+        pace = min(BETA * refused, max(lower, deepest * refused))
+        self.pace = max(FLOOR, pace)  # held there, then probed above
 
     def _grow(self, now: float) -> None:
         if self.pace is None or self.announced is not None:
@@ -497,8 +493,6 @@ class Throttle:
             pace = self.pace * UNSURE_GROWTH
             if self.share >= 1:
                 self.hi = max(self.hi, pace)
-        elif self.pace < self._target * 0.995:
-            pace = self.pace + (self._target - self.pace) / 2  # back up to the hold level
         else:
             # At the estimate: hold, then probe above it along a cubic (CUBIC's convex phase):
             # +1% PROBE_AFTER s into the probe, +8% at twice that, so a limit just above costs
@@ -507,7 +501,7 @@ class Throttle:
             if held <= 0:
                 return
             if self._held_pace is None:
-                self._held_pace = max(self.pace, self._target)
+                self._held_pace = self.pace
             pace = max(self.pace, self._held_pace * (1 + STEP_NEAR * (held / PROBE_AFTER) ** 3))
             if self.share >= 1:
                 self.hi = max(self.hi, pace)
