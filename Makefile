@@ -38,6 +38,7 @@ bench: $(BIN)/.dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "dlt could not be installed; its rows will say so"
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_dynamics.py
+	$(BIN)/python scripts/bench_ratelimit.py
 	$(BIN)/python scripts/bench_loader.py
 
 clean:

@@ -1,4 +1,10 @@
-"""The API client: HTTP, bearer auth, the one retry policy, and one page fetch as a unit of work."""
+"""The API client: HTTP, bearer auth, the one retry policy, and one page fetch as a unit of work.
+
+A 429 is flow control, not an error: it goes to the account's `Throttle` (etl/throttle.py),
+which pauses every worker together and paces them afterwards, and the request is sent again
+without using an attempt. The retry policy (`max_attempts`) counts errors only: 5xx, resets,
+timeouts, broken bodies.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ import math
 import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -27,6 +32,7 @@ from . import __version__
 from .config import Account, ApiSettings
 from .errors import FatalAPIError, RetriableAPIError
 from .records import loads_page
+from .throttle import Throttle
 
 log = logging.getLogger("etl.client")
 
@@ -41,31 +47,13 @@ RETRIABLE = (
 
 @dataclass(frozen=True)
 class Page:
-    """One page of the list as the API answered it, with the positions it covers.
-
-    A call's position (`seq`) counts from the account's oldest call, which is 0. New calls
-    only ever arrive at the head, so a call keeps its position while the list drifts, and
-    every page says exactly which positions it holds through its own `total_count`.
-    """
+    """One page of the list as the API answered it: its number and size, the list's size at
+    that moment, and its records (what that proves is etl.sheets' business)."""
 
     number: int
     per_page: int
     total_count: int
-    total_pages: int
     records: list[Any]
-
-    @property
-    def top_seq(self) -> int:
-        """Position of the page's first (newest) record."""
-        return self.total_count - 1 - (self.number - 1) * self.per_page
-
-    @property
-    def low_seq(self) -> int:
-        """Position of the page's last (oldest) record."""
-        return self.top_seq - len(self.records) + 1
-
-    def seq_of(self, index: int) -> int:
-        return self.top_seq - index
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -126,68 +114,6 @@ class RetryPolicy:
         )
 
 
-class RateBudget:
-    """A client-side request budget per account that backs off on 429 and recovers.
-
-    `rate` is the configured ceiling in requests per second (0 = none). After a 429 every
-    request waits until `Retry-After` has passed and the pace halves, then grows back step by
-    step. Without a configured ceiling, a 429 after at least ten answers in the last second
-    teaches one: 90% of the pace the server accepted, nudged up by 1% every 100 answers so it
-    keeps probing, and down by 5% whenever it is hit at full pace.
-    """
-
-    def __init__(self, rate: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ceiling = rate
-        self.rate = rate
-        self.learned = False
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._paused_until = 0.0
-        self._recent: deque[float] = deque()
-        self._since_nudge = 0
-        self.throttled = 0
-
-    def acquire(self) -> float:
-        """Reserve the next slot; returns the seconds the caller must sleep first."""
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next, self._paused_until)
-            if self.rate > 0:
-                self._next = start + 1.0 / self.rate
-            return start - now
-
-    def on_success(self) -> None:
-        with self._lock:
-            now = self._clock()
-            self._recent.append(now)
-            while self._recent and self._recent[0] < now - 1.0:
-                self._recent.popleft()
-            if self.learned:
-                self._since_nudge += 1
-                if self._since_nudge >= 100:
-                    self._since_nudge = 0
-                    self.ceiling *= 1.01
-            if self.ceiling > 0 and self.rate < self.ceiling:
-                self.rate = min(self.ceiling, self.rate + self.ceiling / 50)
-
-    def on_throttle(self, retry_after: float | None) -> None:
-        with self._lock:
-            self.throttled += 1
-            now = self._clock()
-            pause = retry_after if retry_after is not None else 1.0
-            self._paused_until = max(self._paused_until, now + pause)
-            if self.ceiling <= 0:
-                accepted = sum(1 for t in self._recent if t >= now - 1.0)
-                if accepted < 10:
-                    return  # too little traffic to learn a pace from; the pause is enough
-                self.ceiling = 0.9 * accepted
-                self.learned = True
-            elif self.learned and self.rate >= self.ceiling * 0.99:
-                self.ceiling = max(1.0, self.ceiling * 0.95)
-            self.rate = max(self.ceiling / 8, (self.rate or self.ceiling) / 2)
-
-
 class VoxClient:
     """Fetches pages of one account's calls; thread-safe, one `requests.Session` per account."""
 
@@ -204,7 +130,9 @@ class VoxClient:
         self.api = api
         self.url = f"{api.base_url}/voice/accounts/{account.auth_id}/calls"
         self.policy = policy or RetryPolicy.from_settings(api)
-        self.budget = RateBudget(api.requests_per_second)
+        self.throttle = Throttle(
+            api.requests_per_second, api.rate_share, max_throttle_seconds=api.max_throttle_seconds
+        )
         self.session = session or requests.Session()
         pool = max(4, api.concurrency)
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool, max_retries=0)
@@ -246,33 +174,57 @@ class VoxClient:
             },
         )
 
+    @property
+    def throttled(self) -> int:
+        """429 answers so far (each re-sent without using an attempt)."""
+        return self.throttle.throttled
+
     def _get_once(self, params: dict[str, str]) -> Page:
-        delay = self.budget.acquire()
-        if delay > 0:
-            self.policy.sleep(delay)
-        with self._count_lock:
-            self.requests += 1
+        """One attempt: sent again after every 429 until the server answers something else."""
         timeout = (min(self.api.timeout, 10.0), self.api.timeout)
-        response = self.session.get(self.url, params=params, timeout=timeout)
-        try:
-            status = response.status_code
-            if status == 429:
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if retry_after is not None:
-                    retry_after = self.policy.cap(retry_after)
-                self.budget.on_throttle(retry_after)
-                raise RetriableAPIError("HTTP 429 Too Many Requests", retry_after=retry_after)
-            if status >= 500:
-                raise RetriableAPIError(f"HTTP {status} {response.reason or ''}".strip())
-            if status >= 400:
-                raise FatalAPIError(self._fatal_message(response))
-            if status != 200:
-                raise RetriableAPIError(f"unexpected HTTP {status}")
-            page = _page_from(response, params)
-        finally:
-            response.close()
-        self.budget.on_success()
-        return page
+        while True:
+            ticket = self.throttle.acquire()
+            with self._count_lock:
+                self.requests += 1
+            try:
+                response = self.session.get(self.url, params=params, timeout=timeout)
+            except BaseException:
+                self.throttle.failed(ticket)
+                raise
+            try:
+                status = response.status_code
+                if status == 429:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    if retry_after is not None:
+                        retry_after = self.policy.cap(retry_after)
+                    wait = self.throttle.throttled_for(ticket, retry_after, response.headers)
+                    self._log_throttled(wait)
+                    continue
+                self.throttle.answered(ticket, response.headers)
+                if status >= 500:
+                    raise RetriableAPIError(f"HTTP {status} {response.reason or ''}".strip())
+                if status >= 400:
+                    raise FatalAPIError(self._fatal_message(response))
+                if status != 200:
+                    raise RetriableAPIError(f"unexpected HTTP {status}")
+                return _page_from(response, params)
+            finally:
+                response.close()
+
+    def _log_throttled(self, wait: float) -> None:
+        with self._count_lock:
+            self.retries += 1
+        throttle = self.throttle
+        log.info(
+            "throttled",
+            extra={
+                "account": self.account.name,
+                "event": "retry",
+                "error": "HTTP 429 Too Many Requests",
+                "wait": round(wait, 2),
+                "pace": round(throttle.pace, 2) if throttle.pace else None,
+            },
+        )
 
     def _fatal_message(self, response: requests.Response) -> str:
         hint = {
@@ -338,7 +290,6 @@ def _page_from(response: requests.Response, params: dict[str, str]) -> Page:
         number=asked,
         per_page=numbers["per_page"],
         total_count=numbers["total_count"],
-        total_pages=numbers["total_pages"],
         records=records,
     )
 

@@ -49,6 +49,8 @@ class ApiSettings:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     retry_after_max: float = 120.0
+    rate_share: float = 1.0
+    max_throttle_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,13 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[obje
     return check
 
 
+def _share(value: object) -> float:
+    number = _number(float, -math.inf)(value)
+    if not 0 < number <= 1:
+        raise ValueError(f"must be more than 0 and at most 1, got {value!r}")
+    return float(number)
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a non-empty string, got {value!r}")
@@ -197,6 +206,8 @@ _API_KEYS: dict[str, Callable[[object], Any]] = {
     "backoff_initial": _number(float, 0, 600),
     "backoff_max": _number(float, 0, 3600),
     "retry_after_max": _number(float, 0, 3600),
+    "rate_share": _share,
+    "max_throttle_seconds": _number(float, 1, 86_400),
 }
 _SYNC_KEYS: dict[str, Callable[[object], Any]] = {
     "lookback": parse_duration,

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,11 @@ import vcr
 import yaml
 from vcr.cassette import Cassette
 
-from etl.client import Page, RateBudget, RetryPolicy, VoxClient
+from etl.client import Page, RetryPolicy, VoxClient
 from etl.config import Account, ApiSettings
 from etl.errors import FatalAPIError, RetriableAPIError
 from etl.simulator import Simulator
+from etl.throttle import Throttle
 
 RECORDING = os.environ.get("VCR_RECORD", "").strip().lower() not in ("", "0", "false", "no")
 CASSETTES = Path(__file__).resolve().parent / "cassettes"
@@ -89,8 +89,8 @@ class VoxAPI:
 class VirtualClock:
     """Time that passes only when the client sleeps: every wait is recorded, none is real.
 
-    It serves both the retry policy's `sleep` and the client's rate budget (clock and sleep),
-    so a budget pause after a 429 shows up here too instead of blocking the test.
+    It serves both the retry policy's `sleep` and the client's throttle (clock and sleep), so
+    a pause after a 429 shows up here too instead of blocking the test.
     """
 
     def __init__(self) -> None:
@@ -105,22 +105,9 @@ class VirtualClock:
         self.now += seconds
 
 
-class _TimeWithVirtualSleep:
-    """Stands in for the `time` module inside etl.client: `sleep` is virtual, the rest is real."""
-
-    def __init__(self, clock: VirtualClock) -> None:
-        self.sleep = clock.sleep
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> VirtualClock:
-    fake = VirtualClock()
-    # RateBudget waits with time.sleep, outside the policy's injectable sleep.
-    monkeypatch.setattr("etl.client.time", _TimeWithVirtualSleep(fake))
-    return fake
+def clock() -> VirtualClock:
+    return VirtualClock()
 
 
 @pytest.fixture
@@ -171,7 +158,7 @@ def client_for(clock: VirtualClock) -> Iterator[Callable[..., VoxClient]]:
             rng=random.Random(7),
         )
         client = VoxClient(account, settings, token or api.token, policy=retry)
-        client.budget = RateBudget(settings.requests_per_second, clock=clock.monotonic)
+        client.throttle = Throttle(settings.requests_per_second, clock=clock.monotonic, sleep=clock.sleep)
         clients.append(client)
         return client
 
@@ -229,10 +216,13 @@ def test_retry_after_seconds_wins_over_backoff_then_a_503_backs_off_and_the_page
     assert [r.status["code"] for r in _responses(api)] == [429, 503, 200]
     assert _responses(api)[0].headers["Retry-After"] == "1"
     assert page.records == api.body(2)["calls"]
-    assert len(clock.sleeps) == 2
     assert clock.sleeps[0] == 1.0  # Retry-After, not the 0.05-0.1 s first backoff
-    assert 0.1 <= clock.sleeps[1] <= 0.2  # second attempt's backoff: ceiling 0.2, jittered
-    assert (client.requests, client.retries) == (3, 2)
+    # The 429 used no attempt: the 503 is the first error, so its backoff has ceiling 0.1.
+    assert 0.05 <= clock.sleeps[1] <= 0.1
+    # Nothing was accepted before the 429, so the account resumes at the 1 req/s start pace:
+    # the page's slot comes one second after the 503's.
+    assert sum(clock.sleeps[1:]) == pytest.approx(1.0)
+    assert (client.requests, client.retries, client.throttled) == (3, 2, 1)
 
 
 def test_retry_after_http_date_is_honoured_within_retry_after_max(
@@ -249,8 +239,8 @@ def test_retry_after_http_date_is_honoured_within_retry_after_max(
     assert email.utils.parsedate_to_datetime(retry_after) is not None, retry_after
     assert page.records == api.body(1)["calls"]
     # On replay the recorded date lies in the past, so the wait may be 0; recorded, it is capped.
-    assert 0.0 <= clock.sleeps[0] <= 0.5
-    assert (client.requests, client.retries) == (2, 1)
+    assert sum(clock.sleeps) <= 0.5, clock.sleeps
+    assert (client.requests, client.retries, client.throttled) == (2, 1, 1)
 
 
 def test_html_502_page_is_retried_and_then_the_page_arrives(

@@ -1,4 +1,6 @@
-"""The pure parts of the retry machinery: Retry-After, the wait policy, tenacity wiring, RateBudget."""
+"""The pure parts of the retry machinery: Retry-After, the wait policy, tenacity wiring.
+
+The flow control for 429s (etl.throttle) has its own tests in test_throttle.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import pytest
 import requests
 from tenacity import RetryCallState, Retrying
 
-from etl.client import RateBudget, RetryPolicy, parse_retry_after
+from etl.client import RetryPolicy, parse_retry_after
 from etl.config import ApiSettings
 from etl.errors import FatalAPIError, RetriableAPIError
 
@@ -214,159 +216,3 @@ def test_on_retry_is_told_about_each_retry():
     call = Flaky(RetriableAPIError("a"), RetriableAPIError("b"))
     assert policy.retrying(on_retry=on_retry)(call) == "ok"
     assert seen == [(1, "a"), (2, "b")]
-
-
-# -- RateBudget ----------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def test_budget_without_a_rate_never_waits():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    assert [budget.acquire() for _ in range(100)] == [0.0] * 100
-
-
-def test_budget_spaces_requests_at_its_rate():
-    clock = FakeClock()
-    budget = RateBudget(4, clock=clock)
-    waits = [budget.acquire() for _ in range(5)]
-    assert waits == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
-
-
-def test_budget_does_not_bank_unused_time():
-    clock = FakeClock()
-    budget = RateBudget(10, clock=clock)
-    assert budget.acquire() == 0.0
-    clock.advance(60)
-    assert budget.acquire() == 0.0
-    assert budget.acquire() == pytest.approx(0.1)
-
-
-def test_budget_lets_a_request_through_once_its_slot_has_come():
-    clock = FakeClock()
-    budget = RateBudget(2, clock=clock)
-    budget.acquire()
-    assert budget.acquire() == pytest.approx(0.5)
-    clock.advance(1.0)  # both reserved slots have passed
-    assert budget.acquire() == 0.0
-
-
-def test_throttle_pauses_requests_until_retry_after_has_passed():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    budget.on_throttle(5.0)
-    assert budget.throttled == 1
-    clock.advance(2.0)
-    assert budget.acquire() == pytest.approx(3.0)
-
-
-def test_no_pause_is_left_once_retry_after_has_passed():
-    clock = FakeClock()
-    budget = RateBudget(10, clock=clock)
-    budget.on_throttle(5.0)
-    clock.advance(5.0)
-    assert budget.acquire() == 0.0
-
-
-def test_throttle_without_retry_after_pauses_one_second():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    budget.on_throttle(None)
-    assert budget.acquire() == pytest.approx(1.0)
-
-
-def test_a_shorter_retry_after_does_not_cut_a_longer_pause():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    budget.on_throttle(10.0)
-    budget.on_throttle(1.0)
-    assert budget.acquire() == pytest.approx(10.0)
-
-
-def test_throttle_halves_the_rate_down_to_an_eighth_of_the_ceiling():
-    budget = RateBudget(16, clock=FakeClock())
-    rates = []
-    for _ in range(5):
-        budget.on_throttle(0)
-        rates.append(budget.rate)
-    assert rates == [8.0, 4.0, 2.0, 2.0, 2.0]
-    assert budget.ceiling == 16
-
-
-def test_after_a_throttle_requests_resume_at_the_halved_pace():
-    clock = FakeClock()
-    budget = RateBudget(10, clock=clock)
-    budget.on_throttle(3.0)
-    assert budget.rate == 5.0
-    first = budget.acquire()
-    second = budget.acquire()
-    assert first == pytest.approx(3.0)
-    assert second - first == pytest.approx(1 / 5)
-
-
-def test_success_recovers_the_rate_step_by_step_to_the_ceiling():
-    budget = RateBudget(10, clock=FakeClock())
-    budget.on_throttle(0)
-    assert budget.rate == 5.0
-    budget.on_success()
-    assert budget.rate == pytest.approx(5.2)
-    for _ in range(100):
-        budget.on_success()
-    assert budget.rate == 10.0
-
-
-def test_success_never_raises_the_rate_above_a_configured_ceiling():
-    budget = RateBudget(10, clock=FakeClock())
-    for _ in range(500):
-        budget.on_success()
-    assert budget.rate == 10.0
-    assert budget.ceiling == 10.0
-
-
-def _accept(budget: RateBudget, clock: FakeClock, count: int, spacing: float) -> None:
-    for _ in range(count):
-        budget.on_success()
-        clock.advance(spacing)
-
-
-def test_without_a_configured_rate_a_throttle_teaches_ninety_percent_of_the_accepted_pace():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    _accept(budget, clock, 20, 0.05)  # 20 answers in the last second
-    budget.on_throttle(2.0)
-    assert budget.ceiling == pytest.approx(18.0)
-    assert 0 < budget.rate <= budget.ceiling / 2  # the pace halves after a 429
-    first, second = budget.acquire(), budget.acquire()
-    assert first == pytest.approx(2.0)
-    assert second - first == pytest.approx(1 / budget.rate)
-
-
-def test_answers_older_than_a_second_do_not_count_toward_the_learned_pace():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    _accept(budget, clock, 50, 0.01)
-    clock.advance(5.0)
-    _accept(budget, clock, 10, 0.09)
-    budget.on_throttle(1.0)
-    assert budget.ceiling == pytest.approx(9.0)
-
-
-def test_a_learned_ceiling_keeps_probing_upward():
-    clock = FakeClock()
-    budget = RateBudget(0, clock=clock)
-    _accept(budget, clock, 20, 0.05)
-    budget.on_throttle(0.0)
-    learned = budget.ceiling
-    _accept(budget, clock, 100, 0.001)
-    assert budget.ceiling == pytest.approx(learned * 1.01)
-    assert budget.rate <= budget.ceiling
