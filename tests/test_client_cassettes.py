@@ -29,6 +29,7 @@ from vcr.cassette import Cassette
 
 from etl.client import Page, RetryPolicy, VoxClient
 from etl.config import Account, ApiSettings
+from etl.sheets import Sheet
 from etl.errors import FatalAPIError, RetriableAPIError
 from etl.simulator import Simulator
 from etl.throttle import Throttle
@@ -176,12 +177,11 @@ def test_fetch_page_returns_each_page_as_sent_with_the_positions_it_covers(
     first = client.fetch_page(1, per_page=100)
     second = client.fetch_page(2, per_page=100)
 
-    # (number, per_page, total_count, total_pages)
-    assert _numbers(first) == (1, 100, CALLS, 3)
-    assert _numbers(second) == (2, 100, CALLS, 3)
-    # Positions count from the oldest call (0): page 1 holds 249..150, page 2 holds 149..50.
-    assert (first.top_seq, first.low_seq) == (249, 150)
-    assert (second.top_seq, second.low_seq) == (149, 50)
+    # (number, per_page, total_count)
+    assert _numbers(first) == (1, 100, CALLS)
+    assert _numbers(second) == (2, 100, CALLS)
+    # Head ranks count from the newest call (0): page 1 holds 0..99, page 2 holds 100..199.
+    assert _ranks(first) == (0, 100) and _ranks(second) == (100, 200)
     assert first.records == api.body(0)["calls"]
     assert second.records == api.body(1)["calls"]
     assert len(first.records) == len(second.records) == 100
@@ -199,9 +199,9 @@ def test_page_takes_its_per_page_from_the_server_when_the_server_caps_it(
     page = client.fetch_page(1, per_page=100)
 
     assert dict(api.cassette.requests[0].query)["per_page"] == "100"
-    assert (page.per_page, page.total_count, page.total_pages) == (50, CALLS, 5)
+    assert (page.per_page, page.total_count) == (50, CALLS)
     assert len(page.records) == 50
-    assert (page.top_seq, page.low_seq) == (249, 200)
+    assert _ranks(page) == (0, 50)
 
 
 def test_retry_after_seconds_wins_over_backoff_then_a_503_backs_off_and_the_page_arrives(
@@ -343,8 +343,14 @@ def test_cassettes_hold_no_token_and_no_authorization_header() -> None:
 _THIS_TEST = test_cassettes_hold_no_token_and_no_authorization_header.__name__
 
 
-def _numbers(page: Page) -> tuple[int, int, int, int]:
-    return page.number, page.per_page, page.total_count, page.total_pages
+def _numbers(page: Page) -> tuple[int, int, int]:
+    return page.number, page.per_page, page.total_count
+
+
+def _ranks(page: Page) -> tuple[int, int]:
+    """The head ranks a page holds when answered: (first, just past the last)."""
+    sheet = Sheet.read(page, "MA1", 1)
+    return sheet.first_rank, sheet.end_rank
 
 
 @dataclass(frozen=True)

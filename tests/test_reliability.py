@@ -108,7 +108,7 @@ def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
 
 def test_an_overlapping_run_skips_the_locked_account_and_exits_75(simulator, project, database_url,
                                                                    engine_for):
-    sim = simulator(accounts=1, calls=6_000, latency_ms=20, seed=22)
+    sim = simulator(accounts=1, calls=20_000, latency_ms=20, seed=22)  # a sync of a few seconds
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, database_url, api={"concurrency": 1})
     engine = engine_for(database_url)
