@@ -64,9 +64,9 @@ def reports_errors(func: F) -> F:
         except SQLAlchemyError as exc:
             if settings.verbosity > 0:
                 raise
-            orig = getattr(exc, "orig", None) or exc
-            first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-            fail(f"database error: {first}", EXIT_FAILED)
+            from .errors import first_line
+
+            fail(f"database error: {first_line(exc)}", EXIT_FAILED)
         except KeyboardInterrupt:  # Ctrl-C before the sync's own handler was in place
             fail("stopped by SIGINT", stopping.EXIT_CODES[signal.SIGINT])
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -157,23 +157,27 @@ def migrate(settings: Settings) -> None:
 
 
 def _exit_code(results: list[AccountResult], stop: stopping.StopToken) -> int:
+    from .outcomes import Outcome
+
     outcomes = {r.outcome for r in results}
-    if stop.exit_code is not None and "interrupted" in outcomes:
+    if stop.exit_code is not None and Outcome.INTERRUPTED in outcomes:
         return stop.exit_code
-    if "failed" in outcomes:
+    if Outcome.FAILED in outcomes:
         return EXIT_FAILED
-    if "skipped" in outcomes:
+    if Outcome.SKIPPED in outcomes:
         return EXIT_LOCKED
     return EXIT_OK
 
 
 def _print_result(settings: Settings, result: AccountResult, progress: Reporter) -> None:
+    from .outcomes import Outcome
+
     progress.done(result.account)
     summary = result.summary()
     if settings.log_format == "json":
         line = json.dumps({"event": "summary", **summary})
         progress.echo(line)
-    elif result.outcome != "ok" or settings.verbosity >= 0:
+    elif result.outcome is not Outcome.OK or settings.verbosity >= 0:
         keys = ["new", "updated", "unchanged", "rejected", "requests", "seconds"]
         if result.deleted:
             keys.insert(4, "deleted")
@@ -181,9 +185,9 @@ def _print_result(settings: Settings, result: AccountResult, progress: Reporter)
         progress.echo(f"{result.account}: {result.outcome} {fields}")
     if result.notice and settings.log_format != "json":
         progress.echo(f"etl: {result.account}: {result.notice}", err=True)
-    if result.outcome == "failed":
+    if result.outcome is Outcome.FAILED:
         progress.echo(f"etl: error: {result.account}: {result.error}", err=True)
-    elif result.outcome in ("skipped", "interrupted") and settings.log_format != "json":
+    elif result.outcome in (Outcome.SKIPPED, Outcome.INTERRUPTED) and settings.log_format != "json":
         progress.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
@@ -237,7 +241,9 @@ def sync(settings: Settings, accounts: tuple[str, ...], jobs: int, wait: bool, f
       etl sync --account acme --account globex
       etl --log-format json sync --jobs 4
     """
-    _run(settings, accounts, Job("sync", full=full), jobs, wait)
+    from .outcomes import Command
+
+    _run(settings, accounts, Job(Command.SYNC, full=full), jobs, wait)
 
 
 @cli.command()
@@ -260,7 +266,9 @@ def backfill(settings: Settings, since: datetime, until: datetime, accounts: tup
     """
     if until <= since:
         raise ConfigError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
-    _run(settings, accounts, Job("backfill", since=since, until=until), jobs, wait)
+    from .outcomes import Command
+
+    _run(settings, accounts, Job(Command.BACKFILL, since=since, until=until), jobs, wait)
 
 
 @cli.command()

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, func, select, update
 
 from .coverage import Interval, merge
 from .loader import utcnow
+from .outcomes import Command, Outcome
 from .records import OPEN_STATUSES
 from .schema import calls, rejects, sync_coverage, sync_runs, sync_state
 from .sheets import Span
@@ -171,7 +172,7 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: str) -> None:
+def start_run(engine: Engine, run_id: str, command: Command, account_id: str, name: str) -> None:
     """Log that this run started on this account (committed at once: a killed run shows)."""
     with engine.begin() as conn:
         conn.execute(
@@ -181,7 +182,7 @@ def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: 
                 account_id=account_id,
                 account_name=name,
                 started_at=utcnow(),
-                outcome="running",
+                outcome=Outcome.RUNNING,
                 pages=0,
                 requests=0,
                 new=0,
@@ -192,7 +193,7 @@ def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: 
         )
 
 
-def finish_run(engine: Engine, run_id: str, account_id: str, outcome: str, error: str | None,
+def finish_run(engine: Engine, run_id: str, account_id: str, outcome: Outcome, error: str | None,
                **counts: int) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -202,9 +203,9 @@ def finish_run(engine: Engine, run_id: str, account_id: str, outcome: str, error
         )
 
 
-def record_skip(engine: Engine, run_id: str, command: str, account_id: str, name: str, why: str) -> None:
+def record_skip(engine: Engine, run_id: str, command: Command, account_id: str, name: str, why: str) -> None:
     start_run(engine, run_id, command, account_id, name)
-    finish_run(engine, run_id, account_id, "skipped", why)
+    finish_run(engine, run_id, account_id, Outcome.SKIPPED, why)
 
 
 # A run-log row says `running` from the moment its run holds the account's lock until it
@@ -220,9 +221,9 @@ def close_dead_runs(engine: Engine, account_id: str, run_id: str) -> int:
     with engine.begin() as conn:
         result = conn.execute(
             sync_runs.update()
-            .where(sync_runs.c.account_id == account_id, sync_runs.c.outcome == "running",
+            .where(sync_runs.c.account_id == account_id, sync_runs.c.outcome == Outcome.RUNNING,
                    sync_runs.c.run_id != run_id)
-            .values(outcome="died", error=DIED_ERROR)
+            .values(outcome=Outcome.DIED, error=DIED_ERROR)
         )
     return int(result.rowcount or 0)
 
@@ -233,8 +234,8 @@ def flag_dead_runs(engine: Engine, statuses: list[AccountStatus]) -> None:
     from . import locks
 
     for status in statuses:
-        if status.last_outcome == "running" and not locks.is_held(engine, status.account_id):
-            status.last_outcome = "died"
+        if status.last_outcome == Outcome.RUNNING and not locks.is_held(engine, status.account_id):
+            status.last_outcome = Outcome.DIED
             status.last_error = DIED_ERROR
 
 
