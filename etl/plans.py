@@ -111,7 +111,6 @@ class Extraction:
         self.window_start: datetime | None = None
         self.expected: int | None = None
         self.notice: str | None = None
-        self.open_missing = 0
         self._recent: OrderedDict[str, tuple[object, ...]] = OrderedDict()
         self._anchor: tuple[datetime, int] | None = None  # a clean boundary of the newest page read
 
@@ -287,7 +286,6 @@ class Extraction:
             targets = retry
             if attempt < 2:
                 yield Batch(flush=True)
-        self.open_missing = len(targets)
         if targets:
             log.warning("%d open call(s) were not found where the list should hold them",
                         len(targets), extra={"account": self.label, "event": "open_missing",
