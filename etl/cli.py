@@ -335,56 +335,50 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     Example:
       etl verify --account acme
     """
-    from .client import VoxClient
-    from .verify import reconcile
+    from .verify import verify_accounts
 
     config = settings.config()
     selected = config.select(accounts)
     for account in selected:
-        account.token()
+        account.token()  # a missing token is a configuration error, before any request
     engine = settings.engine(config)
     upgrade(engine)
-    mismatched = failed = False
     rows: list[list[str]] = []
-    reports = []
-    for account in selected:
-        client = VoxClient(account, config.api, account.token())
-        try:
-            result = reconcile(engine, client, account.name, start_date=config.sync.start_date)
-        except EtlError as exc:
-            failed = True
-            click.echo(f"etl: error: {account.name}: {exc}", err=True)
-            continue
-        finally:
-            client.close()
-        reports.append(result)
-        if not result.ok:
-            mismatched = True
-        if result.note:
-            rows.append([account.name, "-", "-", "-", "-", result.note])
-        for diff in result.differences:
-            rows.append([account.name, diff.measure, str(diff.api), str(diff.stored),
-                         f"{diff.delta:+d}", "mismatch"])
-        if settings.log_format == "json":
-            click.echo(json.dumps({
-                "event": "verify", "account": account.name, "ok": result.ok, "note": result.note,
-                "requests": result.requests, "arrived_since_sync": result.arrived_since_sync,
-                "changed_since_sync": result.changed_since_sync,
-                "compared": {k: {"api": a, "stored": b} for k, (a, b) in result.compared.items()},
-            }))
-        elif result.ok and settings.verbosity >= 0:
-            extra = []
-            if result.arrived_since_sync:
-                extra.append(f"{result.arrived_since_sync} arrived since the last sync")
-            if result.changed_since_sync:
-                extra.append(f"{result.changed_since_sync} open calls changed since the last sync")
-            total = result.compared.get("total", (0, 0))[1]
-            click.echo(f"{account.name}: ok, {total:,} calls match the API"
-                       + (f" ({'; '.join(extra)})" if extra else "")
-                       + f" requests={result.requests}")
+    results = verify_accounts(engine, config, selected,
+                              on_result=lambda r: _print_reconciliation(settings, r, rows))
     if rows and settings.log_format != "json":
         click.echo(_table(["account", "measure", "api", "stored", "diff", ""], rows))
-    sys.exit(EXIT_FAILED if mismatched or failed else EXIT_OK)
+    sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
+
+
+def _print_reconciliation(settings: Settings, result: Any, rows: list[list[str]]) -> None:
+    """One account's verification: an error line, a JSON line, or an `ok` line; mismatches
+    and notes go into `rows`, printed as one table at the end."""
+    if result.error is not None:
+        click.echo(f"etl: error: {result.account}: {result.error}", err=True)
+        return
+    if result.note:
+        rows.append([result.account, "-", "-", "-", "-", result.note])
+    for diff in result.differences:
+        rows.append([result.account, diff.measure, str(diff.api), str(diff.stored),
+                     f"{diff.delta:+d}", "mismatch"])
+    if settings.log_format == "json":
+        click.echo(json.dumps({
+            "event": "verify", "account": result.account, "ok": result.ok, "note": result.note,
+            "requests": result.requests, "arrived_since_sync": result.arrived_since_sync,
+            "changed_since_sync": result.changed_since_sync,
+            "compared": {k: {"api": a, "stored": b} for k, (a, b) in result.compared.items()},
+        }))
+    elif result.ok and settings.verbosity >= 0:
+        extra = []
+        if result.arrived_since_sync:
+            extra.append(f"{result.arrived_since_sync} arrived since the last sync")
+        if result.changed_since_sync:
+            extra.append(f"{result.changed_since_sync} open calls changed since the last sync")
+        total = result.compared.get("total", (0, 0))[1]
+        click.echo(f"{result.account}: ok, {total:,} calls match the API"
+                   + (f" ({'; '.join(extra)})" if extra else "")
+                   + f" requests={result.requests}")
 
 
 class _SimulateCommand(click.Command):

@@ -26,7 +26,7 @@ from .audit import Audit
 from .coverage import TICK, Interval, chain_interval, gaps, merge
 from .records import CallRow, Reject
 from .seek import Seeker
-from .sheets import Sheet, Span, page_number, span_of
+from .sheets import Sheet, Span, last_page_number, page_number, span_of
 from .state import SyncState, Warehouse
 from .walks import Reader, Walk
 
@@ -143,7 +143,7 @@ class Extraction:
             yield self._batch(bottom)
             last_page = bottom.number
         else:
-            last_page = page_number(head.total_count - 1, self.reader.per_page)
+            last_page = last_page_number(head.total_count, self.reader.per_page)
         yield from self._walk_stretches([(head, last_page, self._stopper(self.start_date))])
 
     def _incremental(self, head: Sheet) -> Iterator[Batch]:
@@ -298,7 +298,7 @@ class Extraction:
             return None
         total = head.total_count
         for _ in range(4):
-            sheet = self.reader.read(page_number(max(0, total - 1), self.reader.per_page))
+            sheet = self.reader.read(last_page_number(total, self.reader.per_page))
             if sheet.is_end and sheet.calls:
                 self._note_end(sheet)
                 return sheet
