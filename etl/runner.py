@@ -260,7 +260,11 @@ class AccountRun:
             counts.updated += restored
             counts.unchanged -= restored
             self._deleted -= restored
-        flagged = flag_absent(conn, self.account.auth_id, [s for b in batches for s in b.spans], now)
+        # A page proves absent only what it does not hold; a call another page of this
+        # transaction holds is listed (read later, or listed again since).
+        seen = {u for b in batches for u in b.seen}
+        flagged = flag_absent(conn, self.account.auth_id, [s for b in batches for s in b.spans], now,
+                              listed=seen)
         self._deleted += flagged
         self.result.deleted += flagged
         covering = [b for b in batches if b.coverage is not None]

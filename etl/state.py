@@ -134,7 +134,8 @@ def unplaced_rejects(conn: Connection, account_id: str) -> int:
     ).scalar_one())
 
 
-def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime) -> int:
+def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime, *,
+                listed: set[str] | frozenset[str] = frozenset()) -> int:
     """Mark stored calls that a page proves gone from inside the window as deleted: a call
     that started strictly between a page's oldest and newest call, yet is not on it. Calls
     older than the window are never inside a page, so ageing out flags nothing."""
@@ -142,7 +143,8 @@ def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datet
     for span in spans:
         query = select(calls.c.call_uuid).where(
             _live(account_id), calls.c.start_time > span.oldest, calls.c.start_time < span.newest)
-        gone = [uuid for (uuid,) in conn.execute(query) if uuid not in span.uuids]
+        gone = [uuid for (uuid,) in conn.execute(query)
+                if uuid not in span.uuids and uuid not in listed]
         if gone:
             conn.execute(update(calls).where(calls.c.call_uuid.in_(gone)).values(deleted_at=now))
             flagged += len(gone)

@@ -137,15 +137,23 @@ def test_bursts_sharing_one_second_are_stored_whole(simulator, etl):  # noqa: F8
     assert_matches_simulator(run.engine, sim)
 
 
-@pytest.mark.parametrize("dynamics", [{"delete_rate": 3}, {"late_rate": 3, "late_max_age_s": 86400}],
-                         ids=["deletions", "late-listings"])
+@pytest.mark.parametrize("dynamics", ["deletions", "late-listings"])
 def test_a_moving_window_with_deletions_or_late_listings_converges(simulator, etl, database_url,  # noqa: F811
                                                                    dynamics):
     sim = simulator(accounts=2, calls=5_000, latency_ms=2, seed=37)
     run = etl(sim, database_url, api={"concurrency": 4})
-    sim.set_faults(drift_rate=40, expire_rate=30, finish_after_s=0.5, **dynamics)
-    run()
-    run()
+    # Calls arrive, age out and finish while the syncs read; late listings arrive meanwhile
+    # too, deletions between the syncs (one while a walk reads the pages right around it can
+    # hide behind a neighbour it pushed out of reach: see the README, "What it cannot see").
+    late = {"late_rate": 3, "late_max_age_s": 86400} if dynamics == "late-listings" else {}
+    sim.set_faults(drift_rate=40, expire_rate=30, finish_after_s=0.5, **late)
+    for _ in range(2):
+        if dynamics == "deletions":
+            for account in sim.accounts:
+                listed = sim.calls(account.auth_id)
+                for index in range(300, len(listed) - 300, 397):
+                    sim.delete_call(account.auth_id, listed[index]["call_uuid"])
+        run()
     sim.set_faults(drift_rate=0, expire_rate=0, delete_rate=0, late_rate=0, finish_after_s=None)
     sim.finish_open_calls()
 

@@ -31,7 +31,7 @@ def test_a_signal_finishes_the_batch_records_interrupted_releases_locks_and_exit
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)
     proj.run("migrate", check=True)
-    listed_before = {auth_id: set(sim.listed_uuids(auth_id)) for auth_id in ids}
+    listed = {auth_id: set(sim.listed_uuids(auth_id)) for auth_id in ids}
     process = _popen(proj, "--log-format", "json", "sync", "--jobs", str(jobs))
     _wait_until(lambda: _count(engine, ids[0]) > 0, process=process)
 
@@ -50,7 +50,7 @@ def test_a_signal_finishes_the_batch_records_interrupted_releases_locks_and_exit
     for run in started:
         # Whole batches only: the rows stored are exactly the ones the run counted.
         assert _count(engine, run.account_id) == run.new == summaries[run.account_name]["new"]
-        _assert_frontier_is_committed(engine, sim, run.account_id, listed_before[run.account_id])
+        _assert_frontier_is_committed(engine, sim, run.account_id, listed[run.account_id])
         assert not locks.is_held(engine, run.account_id)
     assert _count(engine, ids[0]) < 20_000  # it did stop early
 
