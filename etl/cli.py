@@ -79,19 +79,25 @@ def reports_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class WhenType(click.ParamType):
-    name = "WHEN"
+class Parsed(click.ParamType):
+    """An option value read by one of the library's parsers; its ValueError becomes click's
+    one-line usage error (exit 2). A value already parsed (a default) passes through."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
+        self.name = name
+        self.parse = parse
+        self.parsed = parsed
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.parsed):
             return value
         try:
-            return parse_when(value)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-WHEN = WhenType()
+WHEN = Parsed("WHEN", parse_when, datetime)
 
 
 def account_option(func: F) -> F:
@@ -392,33 +398,16 @@ class _SimulateCommand(click.Command):
             raise click.exceptions.Exit(EXIT_USAGE) from None
 
 
-class _RateWindowType(click.ParamType):
-    name = "N/SECONDS"
+def _rate_window(text: str) -> tuple[int, float]:
+    from .simulator.config import parse_rate_window  # the simulator loads only when used
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[int, float]:
-        if isinstance(value, tuple):
-            return value
-        from .simulator.config import parse_rate_window
-
-        try:
-            return parse_rate_window(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    return parse_rate_window(text)
 
 
-class _SecondsType(click.ParamType):
-    name = "DURATION"
+def _seconds(text: str) -> float:
+    from .config import parse_duration
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        from .config import parse_duration
-
-        try:
-            return parse_duration(value).total_seconds()
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    return parse_duration(text).total_seconds()
 
 
 _SIM_FLAGS = {"finish_after_s": "--finish-after", "late_max_age_s": "--late-max-age",
@@ -468,7 +457,7 @@ def _flag_names(message: str) -> str:
               metavar="N", help="Random calls per second vanish from inside the window.")
 @click.option("--late-rate", type=click.FloatRange(0), default=0, show_default=True, metavar="N",
               help="Calls per second listed late, behind the head.")
-@click.option("--late-max-age", "late_max_age_s", type=_SecondsType(), default="1h",
+@click.option("--late-max-age", "late_max_age_s", type=Parsed("DURATION", _seconds, float), default="1h",
               show_default=True,
               help="How much older than now a late call may be: 90s, 30m, 2h, 2d (log-uniform, "
                    "mostly minutes).")
@@ -486,7 +475,7 @@ def _flag_names(message: str) -> str:
               metavar="RPS", help="Token bucket: requests per second per account; more get 429.")
 @click.option("--rate-burst", type=click.FloatRange(1), default=None, metavar="N",
               help="Token bucket size  [default: rate/5, between 1 and 10].")
-@click.option("--rate-window", type=_RateWindowType(), default=None,
+@click.option("--rate-window", type=Parsed("N/SECONDS", _rate_window, tuple), default=None,
               help="Fixed window per account, e.g. 300/5 (Plivo's default: 300 requests per 5 s); "
                    "combines with --rate-limit.")
 @click.option("--rate-headers", type=click.Choice(["none", "ietf", "x", "both"]), default="none",
