@@ -92,12 +92,6 @@ def save_state(
         conn.execute(sync_coverage.insert(), rows)
 
 
-def reset_state(conn: Connection, account_id: str) -> None:
-    """Forget what the account's syncs covered, so the next sync re-reads its whole list."""
-    conn.execute(sync_coverage.delete().where(sync_coverage.c.account_id == account_id))
-    conn.execute(sync_state.delete().where(sync_state.c.account_id == account_id))
-
-
 def _live(account_id: str) -> Any:
     return (calls.c.account_id == account_id) & calls.c.deleted_at.is_(None)
 
@@ -124,14 +118,6 @@ def count_since(conn: Connection, account_id: str, moment: datetime,
         query = query.where(calls.c.start_time < until)
         bad = bad.where(rejects.c.start_time < until)
     return int(conn.execute(query).scalar_one()) + int(conn.execute(bad).scalar_one())
-
-
-def unplaced_rejects(conn: Connection, account_id: str) -> int:
-    """Kept rejects without a usable start_time: the list holds them somewhere unknown."""
-    return int(conn.execute(
-        select(func.count()).select_from(rejects).where(
-            rejects.c.account_id == account_id, rejects.c.start_time.is_(None))
-    ).scalar_one())
 
 
 def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime, *,
