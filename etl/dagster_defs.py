@@ -69,7 +69,7 @@ from .config import Config as EtlConfig
 from .config import load_config, parse_when
 from .db import make_engine
 from .errors import ConfigError, FatalAPIError, RetriableAPIError
-from .loader import is_transient
+from .loader import is_transient, iso_utc
 from .migrate import upgrade
 from .outcomes import Command, Outcome
 from .runner import AccountResult, Job, run_accounts
@@ -184,8 +184,7 @@ def _metadata(result: AccountResult, job: Job) -> dict[str, Any]:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    value = _utc(moment)
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return iso_utc(moment) if moment is not None else None
 
 
 @asset(

@@ -23,7 +23,7 @@ from . import locks, stopping
 from .client import VoxClient, describe
 from .config import Account, Config
 from .errors import EtlError, LockBusy, first_line
-from .loader import LoadCounts, in_transaction, save_rejects, upsert_calls, utcnow
+from .loader import LoadCounts, in_transaction, iso_utc, save_rejects, upsert_calls, utcnow
 from .outcomes import Command, Outcome
 from .plans import Batch, Extraction, Kind
 from .state import (
@@ -83,7 +83,7 @@ class AccountResult:
             "requests": self.requests,
             "retries": self.retries,
             "seconds": round(self.seconds, 2),
-            **({"window_start": _iso(self.window_start)} if self.window_start else {}),
+            **({"window_start": iso_utc(self.window_start)} if self.window_start else {}),
             **({"notice": self.notice} if self.notice else {}),
             **({"error": self.error} if self.error else {}),
         }
@@ -337,7 +337,3 @@ def run_accounts(
     with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
         return list(pool.map(one, accounts))
 
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

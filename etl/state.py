@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from .coverage import Interval, merge
-from .loader import utcnow
+from .loader import iso_utc, utcnow
 from .outcomes import Command, Outcome
 from .records import OPEN_STATUSES
 from .schema import calls, rejects, sync_coverage, sync_runs, sync_state
@@ -246,7 +246,7 @@ class AccountStatus:
         out: dict[str, Any] = dict(self.__dict__)
         for key, value in out.items():
             if isinstance(value, datetime):
-                out[key] = value.isoformat().replace("+00:00", "Z")
+                out[key] = iso_utc(value)
         return out
 
 
