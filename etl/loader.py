@@ -1,8 +1,9 @@
 """The loader: dialect-aware upserts by `call_uuid`, writing a row only when a value changed.
 
 Each batch — rows, rejects, position marks and the account's sync state — is one
-transaction, retried whole on a dropped connection or a locked database, so a batch is
-never half-applied and the watermark never runs ahead of the rows it covers.
+transaction, retried whole (`in_transaction`, through tenacity) on a dropped connection, a
+deadlock or a locked database, so a batch is never half-applied and the watermark never
+runs ahead of the rows it covers.
 """
 
 from __future__ import annotations
