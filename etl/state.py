@@ -261,24 +261,24 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
     ):
         names.setdefault(account_id, name)
     stored: dict[str, int] = dict(
-        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).tuples().all()
+        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).all()
     )
     still_open: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.status.in_(sorted(OPEN_STATUSES)), calls.c.deleted_at.is_(None))
             .group_by(calls.c.account_id)
-        ).tuples().all()
+        ).all()
     )
     gone: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.deleted_at.is_not(None))
             .group_by(calls.c.account_id)
-        ).tuples().all()
+        ).all()
     )
     broken: dict[str, int] = dict(
-        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).tuples().all()
+        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).all()
     )
     out = []
     for account_id, name in names.items():
