@@ -10,7 +10,7 @@ help:
 	@echo "make demo   simulator -> etl sync -> ./demo.db (SQLite), then etl status"
 	@echo "make test   the whole test suite (PostgreSQL/MariaDB tests skip if no server)"
 	@echo "make lint   ruff and mypy"
-	@echo "make bench  throughput benchmarks and request budgets (prints tables)"
+	@echo "make bench  throughput benchmarks, request budgets and the loader's own cost per call"
 
 # Runtime install: what a user of the demo needs.
 $(BIN)/.runtime: pyproject.toml
@@ -38,6 +38,7 @@ bench: $(BIN)/.dev
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "dlt could not be installed; its rows will say so"
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_dynamics.py
+	$(BIN)/python scripts/bench_loader.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -8,19 +8,21 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, logs, stopping
 from .config import Config, load_config, parse_when
-from .db import describe_url, make_engine
 from .errors import ConfigError, EtlError
-from .migrate import upgrade
-from .progress import Reporter, for_terminal
-from .runner import AccountResult, Job, run_accounts
+
+# SQLAlchemy, Alembic, requests and rich (about 0.4 s of imports) load only when a command
+# needs them, so `--help`, `--version` and usage errors answer at once.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from .progress import Reporter
+    from .runner import AccountResult, Job
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -41,6 +43,8 @@ class Settings:
         return config
 
     def engine(self, config: Config) -> Engine:
+        from .db import make_engine
+
         return make_engine(config.database_url)
 
 
@@ -61,12 +65,6 @@ def reports_errors(func: F) -> F:
             fail(str(exc), EXIT_USAGE)
         except EtlError as exc:
             fail(str(exc), EXIT_FAILED)
-        except SQLAlchemyError as exc:
-            if settings.verbosity > 0:
-                raise
-            from .errors import first_line
-
-            fail(f"database error: {first_line(exc)}", EXIT_FAILED)
         except KeyboardInterrupt:  # Ctrl-C before the sync's own handler was in place
             fail("stopped by SIGINT", stopping.EXIT_CODES[signal.SIGINT])
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -74,9 +72,20 @@ def reports_errors(func: F) -> F:
         except Exception as exc:
             if settings.verbosity > 0:
                 raise
+            if _is_database_error(exc):
+                from .errors import first_line
+
+                fail(f"database error: {first_line(exc)}", EXIT_FAILED)
             fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)", EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Whether `exc` is SQLAlchemy's, without importing SQLAlchemy: if it was never imported,
+    no database error can have been raised."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
 class Parsed(click.ParamType):
@@ -152,6 +161,9 @@ def migrate(settings: Settings) -> None:
     Example:
       etl --database-url sqlite:///calls.db migrate
     """
+    from .db import describe_url
+    from .migrate import upgrade
+
     config = settings.config(require_file=False)
     engine = settings.engine(config)
     before, after = upgrade(engine)
@@ -198,6 +210,10 @@ def _print_result(settings: Settings, result: AccountResult, progress: Reporter)
 
 
 def _run(settings: Settings, accounts: tuple[str, ...], job: Job, jobs: int, wait: bool) -> None:
+    from .migrate import upgrade
+    from .progress import for_terminal
+    from .runner import run_accounts
+
     config = settings.config()
     selected = config.select(accounts)
     if not selected:
@@ -248,6 +264,7 @@ def sync(settings: Settings, accounts: tuple[str, ...], jobs: int, wait: bool, f
       etl --log-format json sync --jobs 4
     """
     from .outcomes import Command
+    from .runner import Job
 
     _run(settings, accounts, Job(Command.SYNC, full=full), jobs, wait)
 
@@ -273,6 +290,7 @@ def backfill(settings: Settings, since: datetime, until: datetime, accounts: tup
     if until <= since:
         raise ConfigError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
     from .outcomes import Command
+    from .runner import Job
 
     _run(settings, accounts, Job(Command.BACKFILL, since=since, until=until), jobs, wait)
 
@@ -288,6 +306,7 @@ def status(settings: Settings, as_json: bool) -> None:
     Example:
       etl status --json | jq '.accounts[] | select(.last_outcome != "ok")'
     """
+    from .migrate import upgrade
     from .state import account_status, flag_dead_runs
 
     config = settings.config(require_file=False)
@@ -341,6 +360,7 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     Example:
       etl verify --account acme
     """
+    from .migrate import upgrade
     from .verify import verify_accounts
 
     config = settings.config()

@@ -26,6 +26,7 @@ from tenacity import (
 from . import __version__
 from .config import Account, ApiSettings
 from .errors import FatalAPIError, RetriableAPIError
+from .records import loads_page
 
 log = logging.getLogger("etl.client")
 
@@ -302,8 +303,19 @@ def _server_message(response: requests.Response) -> str:
 
 
 def _page_from(response: requests.Response, params: dict[str, str]) -> Page:
+    # Decode the UTF-8 text ourselves (what JSON must be) so that each record keeps its own
+    # text as received (`loads_page`); anything else goes to requests' own decoding.
+    encoding = (response.encoding or "utf-8").lower().replace("-", "").replace("_", "")
+    text: str | None = None
+    if encoding == "utf8":
+        try:
+            text = response.content.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None and text.startswith("\ufeff"):
+            text = None  # a byte-order mark: requests' decoding knows what to do with it
     try:
-        body = response.json()
+        body = loads_page(text) if text is not None else response.json()
     except ValueError:
         kind = response.headers.get("Content-Type", "unknown content type")
         raise RetriableAPIError(f"response body is not JSON ({kind}, truncated?)") from None

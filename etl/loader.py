@@ -72,12 +72,155 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]
 
 def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> LoadCounts:
     """Insert new calls and rewrite changed ones; unchanged rows are not touched at all."""
-    counts = LoadCounts()
     latest: dict[str, CallRow] = {}
     for row in rows:  # a call met twice in one batch (drift overlap): the later copy wins
         latest[row.call_uuid] = row
     if not latest:
-        return counts
+        return LoadCounts()
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        return _sqlite_upsert(conn, latest, now)
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        return _unnest_upsert(conn, latest, now)
+    return _compared_upsert(conn, latest, now)
+
+
+_ALL = (*_COLUMNS, "first_seen_at", "updated_at")
+_TIMES = frozenset({"start_time", "answer_time", "end_time", "first_seen_at", "updated_at"})
+_SET = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+
+
+def _sqlite_text(moment: datetime | None) -> str | None:
+    """A timestamp as SQLAlchemy's DateTime stores it on SQLite: naive UTC text."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]  # drop the "+00:00"
+
+
+def _sqlite_time(row: CallRow, key: str, moment: datetime | None) -> str | None:
+    """`_sqlite_text(moment)`, cut straight from the text received when that is the plain
+    `YYYY-MM-DDTHH:MM:SSZ` the parser read it from: formatting a datetime costs about
+    1 µs, three times per call."""
+    text = row.raw.get(key)
+    if (
+        moment is not None and type(text) is str and len(text) == 20 and text[19] == "Z"
+        and text[10] == "T" and text[4] == "-" == text[7] and text[13] == ":" == text[16]
+    ):
+        return f"{text[:10]} {text[11:19]}.000000"
+    return _sqlite_text(moment)
+
+
+_SQLITE_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE call_uuid IN "
+_SQLITE_UPSERT = (
+    f"INSERT INTO calls ({', '.join(_ALL)}) VALUES ({', '.join('?' for _ in _ALL)}) "
+    f"ON CONFLICT (call_uuid) DO UPDATE SET {_SET}"
+)
+
+
+def _sqlite_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:
+    """SQLite: each row put in storage form once (naive UTC text timestamps, `raw` as the text
+    received), compared with the stored row in that same form, and the new or changed ones
+    written by one prepared upsert through `executemany`: neither SQLAlchemy's per-row type
+    processing nor SQL text rebuilt per chunk."""
+    stamp = _sqlite_text(now)
+    wanted: dict[str, tuple[Any, ...]] = {}
+    for uuid, row in latest.items():
+        wanted[uuid] = (
+            uuid, row.account_id, row.from_number, row.to_number, row.direction, row.status,
+            row.end_reason, row.duration, _sqlite_time(row, "start_time", row.start_time),
+            _sqlite_time(row, "answer_time", row.answer_time),
+            _sqlite_time(row, "end_time", row.end_time), row.raw_json,
+        )
+    counts = LoadCounts()
+    unchanged: set[str] = set()
+    keys = list(wanted)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        sql = _SQLITE_SELECT + "(" + ",".join("?" * len(chunk)) + ")"
+        for stored in conn.exec_driver_sql(sql, tuple(chunk)):
+            uuid = stored[0]
+            if tuple(stored) == wanted[uuid] or _same_but_text(stored, wanted[uuid]):
+                unchanged.add(uuid)
+            else:
+                counts.updated += 1
+    counts.unchanged = len(unchanged)
+    counts.new = len(wanted) - counts.unchanged - counts.updated
+    writes = [(*values, stamp, stamp) for uuid, values in wanted.items() if uuid not in unchanged]
+    if writes:
+        conn.exec_driver_sql(_SQLITE_UPSERT, writes)
+    return counts
+
+
+def _same_but_text(stored: Sequence[Any], wanted: tuple[Any, ...]) -> bool:
+    """Equal except for how `raw` is spelled (a row written by an older version, which
+    re-encoded it): then the same JSON value means the same row."""
+    if tuple(stored[:-1]) != wanted[:-1]:
+        return False
+    try:
+        return bool(json.loads(stored[-1]) == json.loads(wanted[-1]))
+    except (TypeError, ValueError):
+        return False
+
+
+_ARRAY_TYPES = {"duration": "integer[]", "raw": "jsonb[]"}
+_PG_ARRAYS = ", ".join(
+    "%b::" + _ARRAY_TYPES.get(name, "timestamptz[]" if name in _TIMES else "text[]")
+    for name in _COLUMNS
+)
+_PG_ROW = ", ".join(f"{{0}}.{name}" for name in _COLUMNS[1:])
+# One round trip per chunk: `known` counts the chunk's calls already stored (a correlated
+# lookup, so an index probe per key whatever the planner believes about the table's size; a
+# join planned on a first load's stale statistics would scan the whole table each time), and
+# the upsert writes a conflicting row only when a value differs. Every part of the statement
+# sees the same snapshot, so `known` counts the rows as they were before it.
+_PG_UPSERT = f"""
+WITH known AS (
+    SELECT count(*) FILTER (WHERE (SELECT true FROM calls c WHERE c.call_uuid = u.id)) AS n
+    FROM unnest(%b::text[]) AS u(id)
+), written AS (
+    INSERT INTO calls ({", ".join(_ALL)})
+    SELECT *, %b::timestamptz, %b::timestamptz FROM unnest({_PG_ARRAYS})
+    ON CONFLICT (call_uuid) DO UPDATE SET {_SET}
+    WHERE ({_PG_ROW.format("calls")}) IS DISTINCT FROM ({_PG_ROW.format("excluded")})
+    RETURNING 1
+)
+SELECT (SELECT n FROM known), (SELECT count(*) FROM written)
+"""
+
+
+def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:
+    """PostgreSQL (psycopg 3): one statement per chunk, the same text every time, its rows
+    sent as one array per column (`unnest`) in binary, `raw` as the text received. The server
+    compares each conflicting row with the stored one and rewrites it only when a value
+    differs, so nothing is read back into Python. (An unchanged row is locked, as ON CONFLICT
+    does, but keeps its row version and its updated_at.)"""
+    counts = LoadCounts()
+    rows = list(latest.values())
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start : start + 1000]
+        uuids = [r.call_uuid for r in chunk]
+        arrays = (
+            uuids, [r.account_id for r in chunk],
+            [r.from_number for r in chunk], [r.to_number for r in chunk],
+            [r.direction for r in chunk], [r.status for r in chunk],
+            [r.end_reason for r in chunk], [r.duration for r in chunk],
+            [r.start_time for r in chunk], [r.answer_time for r in chunk],
+            [r.end_time for r in chunk], [r.raw_json for r in chunk],
+        )
+        known, written = conn.exec_driver_sql(_PG_UPSERT, (uuids, now, now, *arrays)).one()
+        new = len(chunk) - known
+        counts.new += new
+        counts.updated += written - new
+        counts.unchanged += known - (written - new)
+    return counts
+
+
+def _compared_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:
+    """The other dialects (DuckDB, MariaDB/MySQL, PostgreSQL through another driver): read the
+    stored rows through SQLAlchemy's types, compare in Python, write the new and changed."""
+    counts = LoadCounts()
     stored: dict[str, tuple[Any, ...]] = {}
     columns = [calls.c[name] for name in _COLUMNS]
     for keys in _chunks(list(latest)):
@@ -96,72 +239,29 @@ def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> Lo
             counts.updated += 1
         values["first_seen_at"] = now
         values["updated_at"] = now
+        if conn.dialect.name == "duckdb":
+            values["raw"] = row.raw_json
         writes.append(values)
     if writes:
-        if conn.dialect.name in ("sqlite", "duckdb"):
+        if conn.dialect.name == "duckdb":
             _direct_upsert(conn, writes)
-        elif conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-            _unnest_upsert(conn, writes)
         else:
             conn.execute(_upsert_statement(conn), writes)
     return counts
 
 
-_ALL = (*_COLUMNS, "first_seen_at", "updated_at")
-
-
-_ARRAY_TYPES = {"duration": "integer[]", "raw": "jsonb[]"}
-
-
-def _unnest_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
-    """PostgreSQL's fastest upsert short of COPY: one short statement whose rows arrive as one
-    array per column (`unnest`), so neither the driver nor the server parses thousands of
-    placeholders, and the statement text is the same for every batch."""
-    arrays = ", ".join(
-        "%b::" + _ARRAY_TYPES.get(name, "timestamptz[]" if name in _TIMES else "text[]")
-        for name in _ALL
-    )
-    updates = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
-    sql = (
-        f"INSERT INTO calls ({', '.join(_ALL)}) SELECT * FROM unnest({arrays}) "
-        f"ON CONFLICT (call_uuid) DO UPDATE SET {updates}"
-    )
-    for chunk in _chunks(writes, 1000):
-        columns = [
-            [json.dumps(v["raw"]) for v in chunk] if name == "raw" else [v[name] for v in chunk]
-            for name in _ALL
-        ]
-        conn.exec_driver_sql(sql, tuple(columns))
-
-
-_TIMES = frozenset({"start_time", "answer_time", "end_time", "first_seen_at", "updated_at"})
-
-
 def _direct_upsert(conn: Connection, writes: list[dict[str, Any]]) -> None:
-    """The embedded databases' upsert, written by hand: converting and compiling each row
-    through SQLAlchemy costs more than the insert itself (and DuckDB runs an executemany row
-    by row), so send one multi-row upsert per chunk, values already in storage form: JSON
-    text, and timestamps as SQLAlchemy would store them (naive UTC text on SQLite)."""
-    sqlite_text = conn.dialect.name == "sqlite"
-    updates = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+    """DuckDB's upsert, written by hand: converting and compiling each row through SQLAlchemy
+    costs more than the insert itself, and DuckDB runs an executemany row by row, so send one
+    multi-row upsert per chunk, `raw` already JSON text."""
     row = "(" + ", ".join("?" for _ in _ALL) + ")"
     for chunk in _chunks(writes, 200):
         sql = (
             f"INSERT INTO calls ({', '.join(_ALL)}) VALUES {', '.join([row] * len(chunk))} "
-            f"ON CONFLICT (call_uuid) DO UPDATE SET {updates}"
+            f"ON CONFLICT (call_uuid) DO UPDATE SET {_SET}"
         )
-        params: list[Any] = []
-        for values in chunk:
-            for name in _ALL:
-                value = values[name]
-                if name == "raw":
-                    value = json.dumps(value)
-                elif sqlite_text and name in _TIMES and value is not None:
-                    if value.tzinfo is not UTC:
-                        value = value.astimezone(UTC)
-                    value = value.replace(tzinfo=None).isoformat(" ", "microseconds")
-                params.append(value)
-        conn.exec_driver_sql(sql, tuple(params))
+        conn.exec_driver_sql(sql, tuple(value for values in chunk for value in
+                                        (values[name] for name in _ALL)))
 
 
 def _upsert_statement(conn: Connection) -> Any:
@@ -190,13 +290,14 @@ def save_rejects(
     for item in items:
         digest = hashlib.sha256(item.record.encode("utf-8", "surrogatepass")).hexdigest()
         fresh.setdefault((item.account_id, digest), item)
-    known = set(
-        conn.execute(
+    known = {
+        (account_id, digest)
+        for account_id, digest in conn.execute(
             select(rejects.c.account_id, rejects.c.record_sha256).where(
                 tuple_(rejects.c.account_id, rejects.c.record_sha256).in_(list(fresh))
             )
-        ).tuples()
-    )
+        )
+    }
     new = [
         {
             "account_id": account_id,
