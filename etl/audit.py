@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .coverage import TICK
-from .sheets import Sheet, page_number
+from .sheets import Sheet, last_page_number, page_number
 from .state import Warehouse
 from .walks import Reader
 
@@ -67,7 +67,7 @@ class Audit:
         self.head = head
         self.tail = tail
         self.label = label
-        self.pages = max(1, page_number(tail.total_count - 1, reader.per_page))
+        self.pages = last_page_number(tail.total_count, reader.per_page)
         self.max_probes = 0
         self.probes = 0
         self.found = False

@@ -73,9 +73,9 @@ def reports_errors(func: F) -> F:
             if settings.verbosity > 0:
                 raise
             if _is_database_error(exc):
-                orig = getattr(exc, "orig", None) or exc
-                first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-                fail(f"database error: {first}", EXIT_FAILED)
+                from .errors import first_line
+
+                fail(f"database error: {first_line(exc)}", EXIT_FAILED)
             fail(f"{type(exc).__name__}: {exc} (run with -v for the traceback)", EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]
@@ -88,19 +88,25 @@ def _is_database_error(exc: BaseException) -> bool:
     return sa_exc is not None and isinstance(exc, sa_exc.SQLAlchemyError)
 
 
-class WhenType(click.ParamType):
-    name = "WHEN"
+class Parsed(click.ParamType):
+    """An option value read by one of the library's parsers; its ValueError becomes click's
+    one-line usage error (exit 2). A value already parsed (a default) passes through."""
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
-        if isinstance(value, datetime):
+    def __init__(self, name: str, parse: Callable[[str], Any], parsed: type) -> None:
+        self.name = name
+        self.parse = parse
+        self.parsed = parsed
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.parsed):
             return value
         try:
-            return parse_when(value)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-WHEN = WhenType()
+WHEN = Parsed("WHEN", parse_when, datetime)
 
 
 def account_option(func: F) -> F:
@@ -169,23 +175,27 @@ def migrate(settings: Settings) -> None:
 
 
 def _exit_code(results: list[AccountResult], stop: stopping.StopToken) -> int:
+    from .outcomes import Outcome
+
     outcomes = {r.outcome for r in results}
-    if stop.exit_code is not None and "interrupted" in outcomes:
+    if stop.exit_code is not None and Outcome.INTERRUPTED in outcomes:
         return stop.exit_code
-    if "failed" in outcomes:
+    if Outcome.FAILED in outcomes:
         return EXIT_FAILED
-    if "skipped" in outcomes:
+    if Outcome.SKIPPED in outcomes:
         return EXIT_LOCKED
     return EXIT_OK
 
 
 def _print_result(settings: Settings, result: AccountResult, progress: Reporter) -> None:
+    from .outcomes import Outcome
+
     progress.done(result.account)
     summary = result.summary()
     if settings.log_format == "json":
         line = json.dumps({"event": "summary", **summary})
         progress.echo(line)
-    elif result.outcome != "ok" or settings.verbosity >= 0:
+    elif result.outcome is not Outcome.OK or settings.verbosity >= 0:
         keys = ["new", "updated", "unchanged", "rejected", "requests", "seconds"]
         if result.deleted:
             keys.insert(4, "deleted")
@@ -193,9 +203,9 @@ def _print_result(settings: Settings, result: AccountResult, progress: Reporter)
         progress.echo(f"{result.account}: {result.outcome} {fields}")
     if result.notice and settings.log_format != "json":
         progress.echo(f"etl: {result.account}: {result.notice}", err=True)
-    if result.outcome == "failed":
+    if result.outcome is Outcome.FAILED:
         progress.echo(f"etl: error: {result.account}: {result.error}", err=True)
-    elif result.outcome in ("skipped", "interrupted") and settings.log_format != "json":
+    elif result.outcome in (Outcome.SKIPPED, Outcome.INTERRUPTED) and settings.log_format != "json":
         progress.echo(f"etl: {result.account}: {result.error}", err=True)
 
 
@@ -253,9 +263,10 @@ def sync(settings: Settings, accounts: tuple[str, ...], jobs: int, wait: bool, f
       etl sync --account acme --account globex
       etl --log-format json sync --jobs 4
     """
+    from .outcomes import Command
     from .runner import Job
 
-    _run(settings, accounts, Job("sync", full=full), jobs, wait)
+    _run(settings, accounts, Job(Command.SYNC, full=full), jobs, wait)
 
 
 @cli.command()
@@ -278,9 +289,10 @@ def backfill(settings: Settings, since: datetime, until: datetime, accounts: tup
     """
     if until <= since:
         raise ConfigError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+    from .outcomes import Command
     from .runner import Job
 
-    _run(settings, accounts, Job("backfill", since=since, until=until), jobs, wait)
+    _run(settings, accounts, Job(Command.BACKFILL, since=since, until=until), jobs, wait)
 
 
 @cli.command()
@@ -348,57 +360,51 @@ def verify(settings: Settings, accounts: tuple[str, ...]) -> None:
     Example:
       etl verify --account acme
     """
-    from .client import VoxClient
     from .migrate import upgrade
-    from .verify import reconcile
+    from .verify import verify_accounts
 
     config = settings.config()
     selected = config.select(accounts)
     for account in selected:
-        account.token()
+        account.token()  # a missing token is a configuration error, before any request
     engine = settings.engine(config)
     upgrade(engine)
-    mismatched = failed = False
     rows: list[list[str]] = []
-    reports = []
-    for account in selected:
-        client = VoxClient(account, config.api, account.token())
-        try:
-            result = reconcile(engine, client, account.name, start_date=config.sync.start_date)
-        except EtlError as exc:
-            failed = True
-            click.echo(f"etl: error: {account.name}: {exc}", err=True)
-            continue
-        finally:
-            client.close()
-        reports.append(result)
-        if not result.ok:
-            mismatched = True
-        if result.note:
-            rows.append([account.name, "-", "-", "-", "-", result.note])
-        for diff in result.differences:
-            rows.append([account.name, diff.measure, str(diff.api), str(diff.stored),
-                         f"{diff.delta:+d}", "mismatch"])
-        if settings.log_format == "json":
-            click.echo(json.dumps({
-                "event": "verify", "account": account.name, "ok": result.ok, "note": result.note,
-                "requests": result.requests, "arrived_since_sync": result.arrived_since_sync,
-                "changed_since_sync": result.changed_since_sync,
-                "compared": {k: {"api": a, "stored": b} for k, (a, b) in result.compared.items()},
-            }))
-        elif result.ok and settings.verbosity >= 0:
-            extra = []
-            if result.arrived_since_sync:
-                extra.append(f"{result.arrived_since_sync} arrived since the last sync")
-            if result.changed_since_sync:
-                extra.append(f"{result.changed_since_sync} open calls changed since the last sync")
-            total = result.compared.get("total", (0, 0))[1]
-            click.echo(f"{account.name}: ok, {total:,} calls match the API"
-                       + (f" ({'; '.join(extra)})" if extra else "")
-                       + f" requests={result.requests}")
+    results = verify_accounts(engine, config, selected,
+                              on_result=lambda r: _print_reconciliation(settings, r, rows))
     if rows and settings.log_format != "json":
         click.echo(_table(["account", "measure", "api", "stored", "diff", ""], rows))
-    sys.exit(EXIT_FAILED if mismatched or failed else EXIT_OK)
+    sys.exit(EXIT_OK if all(r.ok for r in results) else EXIT_FAILED)
+
+
+def _print_reconciliation(settings: Settings, result: Any, rows: list[list[str]]) -> None:
+    """One account's verification: an error line, a JSON line, or an `ok` line; mismatches
+    and notes go into `rows`, printed as one table at the end."""
+    if result.error is not None:
+        click.echo(f"etl: error: {result.account}: {result.error}", err=True)
+        return
+    if result.note:
+        rows.append([result.account, "-", "-", "-", "-", result.note])
+    for diff in result.differences:
+        rows.append([result.account, diff.measure, str(diff.api), str(diff.stored),
+                     f"{diff.delta:+d}", "mismatch"])
+    if settings.log_format == "json":
+        click.echo(json.dumps({
+            "event": "verify", "account": result.account, "ok": result.ok, "note": result.note,
+            "requests": result.requests, "arrived_since_sync": result.arrived_since_sync,
+            "changed_since_sync": result.changed_since_sync,
+            "compared": {k: {"api": a, "stored": b} for k, (a, b) in result.compared.items()},
+        }))
+    elif result.ok and settings.verbosity >= 0:
+        extra = []
+        if result.arrived_since_sync:
+            extra.append(f"{result.arrived_since_sync} arrived since the last sync")
+        if result.changed_since_sync:
+            extra.append(f"{result.changed_since_sync} open calls changed since the last sync")
+        total = result.compared.get("total", (0, 0))[1]
+        click.echo(f"{result.account}: ok, {total:,} calls match the API"
+                   + (f" ({'; '.join(extra)})" if extra else "")
+                   + f" requests={result.requests}")
 
 
 class _SimulateCommand(click.Command):
@@ -412,33 +418,16 @@ class _SimulateCommand(click.Command):
             raise click.exceptions.Exit(EXIT_USAGE) from None
 
 
-class _RateWindowType(click.ParamType):
-    name = "N/SECONDS"
+def _rate_window(text: str) -> tuple[int, float]:
+    from .simulator.config import parse_rate_window  # the simulator loads only when used
 
-    def convert(self, value: Any, param: click.Parameter | None,
-                ctx: click.Context | None) -> tuple[int, float]:
-        if isinstance(value, tuple):
-            return value
-        from .simulator.config import parse_rate_window
-
-        try:
-            return parse_rate_window(value)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    return parse_rate_window(text)
 
 
-class _SecondsType(click.ParamType):
-    name = "DURATION"
+def _seconds(text: str) -> float:
+    from .config import parse_duration
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, float):
-            return value
-        from .config import parse_duration
-
-        try:
-            return parse_duration(value).total_seconds()
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
+    return parse_duration(text).total_seconds()
 
 
 _SIM_FLAGS = {"finish_after_s": "--finish-after", "late_max_age_s": "--late-max-age",
@@ -488,7 +477,7 @@ def _flag_names(message: str) -> str:
               metavar="N", help="Random calls per second vanish from inside the window.")
 @click.option("--late-rate", type=click.FloatRange(0), default=0, show_default=True, metavar="N",
               help="Calls per second listed late, behind the head.")
-@click.option("--late-max-age", "late_max_age_s", type=_SecondsType(), default="1h",
+@click.option("--late-max-age", "late_max_age_s", type=Parsed("DURATION", _seconds, float), default="1h",
               show_default=True,
               help="How much older than now a late call may be: 90s, 30m, 2h, 2d (log-uniform, "
                    "mostly minutes).")
@@ -506,7 +495,7 @@ def _flag_names(message: str) -> str:
               metavar="RPS", help="Token bucket: requests per second per account; more get 429.")
 @click.option("--rate-burst", type=click.FloatRange(1), default=None, metavar="N",
               help="Token bucket size  [default: rate/5, between 1 and 10].")
-@click.option("--rate-window", type=_RateWindowType(), default=None,
+@click.option("--rate-window", type=Parsed("N/SECONDS", _rate_window, tuple), default=None,
               help="Fixed window per account, e.g. 300/5 (Plivo's default: 300 requests per 5 s); "
                    "combines with --rate-limit.")
 @click.option("--rate-headers", type=click.Choice(["none", "ietf", "x", "both"]), default="none",

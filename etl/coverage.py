@@ -24,12 +24,6 @@ class Interval:
     lower: datetime
     upper: datetime
 
-    def overlaps(self, other: Interval) -> bool:
-        return self.lower < other.upper and other.lower < self.upper
-
-    def contains(self, moment: datetime) -> bool:
-        return self.lower < moment < self.upper
-
 
 def merge(intervals: Iterable[Interval]) -> list[Interval]:
     """The union, newest first; intervals that only touch stay apart (the second they share

@@ -69,8 +69,9 @@ from .config import Config as EtlConfig
 from .config import load_config, parse_when
 from .db import make_engine
 from .errors import ConfigError, FatalAPIError, RetriableAPIError
-from .loader import is_transient
+from .loader import is_transient, iso_utc
 from .migrate import upgrade
+from .outcomes import Command, Outcome
 from .runner import AccountResult, Job, run_accounts
 from .state import read_state
 
@@ -112,7 +113,7 @@ class VoxCallsConfig(Config):
 
 def _job(config: VoxCallsConfig) -> Job:
     if config.since is None and config.until is None:
-        return Job("sync", full=config.full)
+        return Job(Command.SYNC, full=config.full)
     if config.since is None or config.until is None:
         raise Failure("a backfill needs both `since` and `until`", allow_retries=False)
     try:
@@ -122,7 +123,7 @@ def _job(config: VoxCallsConfig) -> Job:
     if until <= since:
         raise Failure(f"`until` ({config.until}) must be after `since` ({config.since})",
                       allow_retries=False)
-    return Job("backfill", since=since, until=until)
+    return Job(Command.BACKFILL, since=since, until=until)
 
 
 def run_account(config: EtlConfig, name: str, job: Job) -> AccountResult:
@@ -160,8 +161,8 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 def _metadata(result: AccountResult, job: Job) -> dict[str, Any]:
     watermark = _utc(result.watermark)
-    if job.command == "backfill":
-        window = {"kind": "backfill", "since": _iso(job.since), "until": _iso(job.until)}
+    if job.command is Command.BACKFILL:
+        window = {"kind": Command.BACKFILL.value, "since": _iso(job.since), "until": _iso(job.until)}
     else:
         # The provider's window: it lists calls from `since` on (the oldest call it listed).
         window = {"kind": "full" if job.full else "incremental",
@@ -183,8 +184,7 @@ def _metadata(result: AccountResult, job: Job) -> dict[str, Any]:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    value = _utc(moment)
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+    return iso_utc(moment) if moment is not None else None
 
 
 @asset(
@@ -203,12 +203,12 @@ def vox_calls(context: AssetExecutionContext, config: VoxCallsConfig,
     except ConfigError as exc:
         raise Failure(str(exc), allow_retries=False) from None
     metadata = _metadata(result, job)
-    if result.outcome == "skipped":
+    if result.outcome is Outcome.SKIPPED:
         context.log.info(f"{result.account}: another run holds its lock; trying again in "
                          f"{vox_etl.lock_retry_seconds:g} s")
         raise RetryRequested(max_retries=vox_etl.lock_retries,
                              seconds_to_wait=vox_etl.lock_retry_seconds)
-    if result.outcome != "ok":
+    if result.outcome is not Outcome.OK:
         raise Failure(f"{result.account}: {result.error}", metadata=metadata,
                       allow_retries=retryable(result.failure))
     context.log.info(" ".join(f"{k}={v}" for k, v in result.summary().items()))
@@ -225,7 +225,7 @@ vox_backfill = define_asset_job(
     "vox_backfill", selection=[vox_calls],
     description="Re-pull one account's calls with since <= start_time < until, as `etl backfill`; "
                 "run config ops.vox_calls.config.since / .until (YYYY-MM-DD or ISO-8601, UTC).",
-    tags={"vox/command": "backfill"},
+    tags={"vox/command": Command.BACKFILL.value},
 )
 
 

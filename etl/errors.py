@@ -1,5 +1,7 @@
 """The error classes the layers raise and the CLI turns into one-line messages and exit codes."""
 
+from __future__ import annotations
+
 
 class EtlError(Exception):
     """Base class: every error the tool reports to its user in one line."""
@@ -31,3 +33,15 @@ class ListingError(APIError):
 
 class LockBusy(EtlError):
     """Another run holds this account's lock; exit code 75."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An error in one line: the first non-blank line of its message, or its class name when
+    it has none. A database error speaks through the driver's own exception (`orig`), which
+    leaves out SQLAlchemy's statement and parameters (they may hold row values)."""
+    orig = getattr(exc, "orig", None)
+    source = orig if isinstance(orig, BaseException) else exc
+    for line in str(source).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(source).__name__

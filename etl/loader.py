@@ -1,8 +1,9 @@
 """The loader: dialect-aware upserts by `call_uuid`, writing a row only when a value changed.
 
 Each batch — rows, rejects, position marks and the account's sync state — is one
-transaction, retried whole on a dropped connection or a locked database, so a batch is
-never half-applied and the watermark never runs ahead of the rows it covers.
+transaction, retried whole (`in_transaction`, through tenacity) on a dropped connection, a
+deadlock or a locked database, so a batch is never half-applied and the watermark never
+runs ahead of the rows it covers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select, tuple_
 from sqlalchemy.dialects import mysql, postgresql
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
+from .errors import first_line
 from .records import CallRow, Reject
 from .schema import calls, rejects
 
@@ -48,6 +57,12 @@ class LoadCounts:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def iso_utc(moment: datetime) -> str:
+    """A moment as ISO-8601 in UTC with a `Z` (a naive one is taken to be UTC already)."""
+    value = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -304,29 +319,79 @@ def save_rejects(
 
 T = TypeVar("T")
 
+# What a retry can cure, by the codes the drivers give: PostgreSQL's SQLSTATE (class 08, a
+# connection exception; a serialization failure or deadlock; the server shutting down or
+# terminating this backend), MySQL/MariaDB's errno (lock wait timeout, deadlock, server gone
+# away, connection lost during a query), SQLite's primary result code (SQLITE_BUSY,
+# SQLITE_LOCKED).
+_PG_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+_MYSQL_ERRNOS = frozenset({1205, 1213, 2006, 2013})
+_SQLITE_CODES = frozenset({5, 6})
+# A driver that gives no code: the wording of the same faults, never a bare "connection".
+_PHRASES = (
+    "database is locked",
+    "database is busy",
+    "database table is locked",
+    "server closed the connection",
+    "terminating connection",
+    "server has gone away",
+    "lost connection to",
+    "deadlock detected",
+    "deadlock found",
+    "lock wait timeout exceeded",
+    "could not serialize access",
+)
+
 
 def is_transient(exc: BaseException) -> bool:
-    """A database error a retry can cure: a dropped connection, a locked or busy database."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    """A database error a retry can cure: a dropped connection, a deadlock or serialization
+    failure, a locked or busy database. Decided by the driver's error code where it has one,
+    so a constraint violation or a syntax error that mentions "connection" is not retried."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    if isinstance(exc, OperationalError):
-        text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
-        return any(
-            phrase in text
-            for phrase in (
-                "database is locked",
-                "database is busy",
-                "terminating connection",
-                "server closed the connection",
-                "connection",
-                "lost",
-                "gone away",
-                "deadlock",
-                "lock wait timeout",
-                "could not serialize",
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        return args[0] in _MYSQL_ERRNOS  # (errno, message); its SQLSTATE is often just HY000
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate.startswith("08") or sqlstate in _PG_SQLSTATES
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        return sqlite_code & 0xFF in _SQLITE_CODES
+    text = str(orig if orig is not None else exc).lower()
+    return any(phrase in text for phrase in _PHRASES)
+
+
+@dataclass
+class TransactionPolicy:
+    """When to run a transaction again: on a transient fault (`is_transient`), a bounded
+    number of attempts, with exponential backoff from `first_wait` seconds."""
+
+    attempts: int = 5
+    first_wait: float = 0.2
+    sleep: Callable[[float], None] = time.sleep
+
+    def retrying(self, what: str = "batch") -> Retrying:
+        def logged(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "database fault, retrying",
+                extra={"event": "db_retry", "attempt": state.attempt_number,
+                       "wait": state.next_action.sleep if state.next_action else None,
+                       "error": first_line(exc)[:200] if exc else "", "what": what},
             )
+
+        return Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.first_wait, max=float("inf")),
+            sleep=self.sleep,
+            reraise=True,
+            before_sleep=logged,
         )
-    return False
 
 
 def in_transaction(
@@ -339,18 +404,9 @@ def in_transaction(
 ) -> T:
     """Run `work` in one transaction; on a transient database fault roll back and run it
     again, a bounded number of times, with backoff."""
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            if attempt == attempts or not is_transient(exc):
-                raise
-            wait = first_wait * 2 ** (attempt - 1)
-            log.warning(
-                "database fault, retrying",
-                extra={"event": "db_retry", "attempt": attempt, "wait": wait,
-                       "error": str(exc.orig or exc).splitlines()[0][:200], "what": what},
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+
+    def attempt() -> T:
+        with engine.begin() as conn:
+            return work(conn)
+
+    return TransactionPolicy(attempts, first_wait).retrying(what)(attempt)

@@ -26,7 +26,7 @@ from .audit import Audit
 from .coverage import TICK, Interval, chain_interval, gaps, merge
 from .records import CallRow, Reject
 from .seek import Seeker
-from .sheets import Sheet, Span, page_number, span_of
+from .sheets import Sheet, Span, last_page_number, page_number, span_of
 from .state import SyncState, Warehouse
 from .walks import Reader, Walk
 
@@ -112,7 +112,6 @@ class Extraction:
         self.window_start: datetime | None = None
         self.expected: int | None = None
         self.notice: str | None = None
-        self.open_missing = 0
         self._recent: OrderedDict[str, tuple[object, ...]] = OrderedDict()
         self._firsts: dict[str, tuple[object, ...]] = {}  # the first page of every walk
         self._anchor: tuple[datetime, int] | None = None  # a clean boundary of the newest page read
@@ -148,7 +147,7 @@ class Extraction:
             yield self._batch(bottom)
             last_page = bottom.number
         else:
-            last_page = page_number(head.total_count - 1, self.reader.per_page)
+            last_page = last_page_number(head.total_count, self.reader.per_page)
         yield from self._walk_stretches([(head, last_page, self._stopper(self.start_date))])
 
     def _incremental(self, head: Sheet) -> Iterator[Batch]:
@@ -298,7 +297,6 @@ class Extraction:
             targets = retry
             if attempt < 2:
                 yield Batch(flush=True)
-        self.open_missing = len(targets)
         if targets:
             log.warning("%d open call(s) were not found where the list should hold them",
                         len(targets), extra={"account": self.label, "event": "open_missing",
@@ -311,7 +309,7 @@ class Extraction:
             return None
         total = head.total_count
         for _ in range(4):
-            sheet = self.reader.read(page_number(max(0, total - 1), self.reader.per_page))
+            sheet = self.reader.read(last_page_number(total, self.reader.per_page))
             if sheet.is_end and sheet.calls:
                 self._note_end(sheet)
                 return sheet

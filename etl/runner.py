@@ -22,8 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import locks, stopping
 from .client import VoxClient, describe
 from .config import Account, Config
-from .errors import EtlError, LockBusy
-from .loader import LoadCounts, in_transaction, save_rejects, upsert_calls, utcnow
+from .errors import EtlError, LockBusy, first_line
+from .loader import LoadCounts, in_transaction, iso_utc, save_rejects, upsert_calls, utcnow
+from .outcomes import Command, Outcome
 from .plans import Batch, Extraction, Kind
 from .state import (
     SyncState,
@@ -54,7 +55,7 @@ class AccountResult:
 
     account: str
     auth_id: str
-    outcome: str = "running"
+    outcome: Outcome = Outcome.RUNNING
     counts: LoadCounts = field(default_factory=LoadCounts)
     pages: int = 0
     requests: int = 0
@@ -82,7 +83,7 @@ class AccountResult:
             "requests": self.requests,
             "retries": self.retries,
             "seconds": round(self.seconds, 2),
-            **({"window_start": _iso(self.window_start)} if self.window_start else {}),
+            **({"window_start": iso_utc(self.window_start)} if self.window_start else {}),
             **({"notice": self.notice} if self.notice else {}),
             **({"error": self.error} if self.error else {}),
         }
@@ -92,10 +93,13 @@ class AccountResult:
 class Job:
     """A command for one account: `sync` (incremental or `full`) or `backfill` (a window)."""
 
-    command: str
+    command: Command
     full: bool = False
     since: datetime | None = None
     until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.command = Command(self.command)  # "sync" and "backfill" name them as well
 
 
 class AccountRun:
@@ -125,17 +129,17 @@ class AccountRun:
     def run(self, *, wait: bool = False) -> AccountResult:
         started = time.monotonic()
         if self.stop.requested:  # stopped before this account's turn came: nothing to record
-            self.result.outcome = "interrupted"
+            self.result.outcome = Outcome.INTERRUPTED
             self.result.error = f"{stopping.Interrupted(self.stop.signum)} before it started"
             return self.result
         try:
             lock = locks.acquire(self.engine, self.account.auth_id, wait=wait, stop=self.stop)
         except stopping.Interrupted as exc:  # stopped while waiting for another run's lock
-            self.result.outcome = "interrupted"
+            self.result.outcome = Outcome.INTERRUPTED
             self.result.error = f"{exc} while waiting for the lock"
             return self.result
         except LockBusy as exc:
-            self.result.outcome = "skipped"
+            self.result.outcome = Outcome.SKIPPED
             self.result.error = f"another run holds the lock of {self.account.name}; skipped"
             log.warning(str(exc), extra={"account": self.account.name, "event": "skipped"})
             with contextlib.suppress(SQLAlchemyError):
@@ -151,18 +155,18 @@ class AccountRun:
                 client = VoxClient(self.account, self.config.api, self.account.token())
                 client.policy.sleep = self.stop.sleep  # a stop cuts a retry's wait short
                 self._execute(client)
-                self.result.outcome = "ok"
+                self.result.outcome = Outcome.OK
             except stopping.Interrupted as exc:
-                self.result.outcome = "interrupted"
+                self.result.outcome = Outcome.INTERRUPTED
                 self.result.error = str(exc)
             except Exception as exc:
-                self.result.outcome = "failed"
+                self.result.outcome = Outcome.FAILED
                 self.result.error = _explain(exc)
                 self.result.failure = exc
                 log.debug("account failed", exc_info=True,
                           extra={"account": self.account.name, "event": "failed"})
             except BaseException as exc:  # a host's own interrupt (Dagster's, KeyboardInterrupt)
-                self.result.outcome = "interrupted"
+                self.result.outcome = Outcome.INTERRUPTED
                 self.result.error = f"stopped by {type(exc).__name__}"
                 raise
             finally:
@@ -181,7 +185,7 @@ class AccountRun:
                         rejected=self.result.counts.rejected,
                     )
                 except SQLAlchemyError as exc:
-                    log.error("could not write the run log: %s", str(exc).splitlines()[0],
+                    log.error("could not write the run log: %s", first_line(exc),
                               extra={"account": self.account.name, "event": "runlog"})
         return self.result
 
@@ -213,7 +217,7 @@ class AccountRun:
                 executor.shutdown(wait=True, cancel_futures=True)
 
     def _kind(self, state: SyncState | None) -> Kind:
-        if self.job.command == "backfill":
+        if self.job.command is Command.BACKFILL:
             return Kind.BACKFILL
         if self.job.full:
             return Kind.FULL
@@ -302,14 +306,14 @@ def _groups(batches: Iterable[Batch], size: int,
 def _explain(exc: BaseException) -> str:
     """One line naming the cause, never a token."""
     if isinstance(exc, EtlError):
-        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return first_line(exc)
     if isinstance(exc, requests.RequestException):
         return f"request failed: {describe(exc)}"
     if isinstance(exc, SQLAlchemyError):
-        orig = getattr(exc, "orig", None)
-        text = str(orig if orig is not None else exc).strip().splitlines()
-        return f"database error: {text[0] if text else type(exc).__name__}"
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+        return f"database error: {first_line(exc)}"
+    if not str(exc).strip():
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def run_accounts(
@@ -344,7 +348,3 @@ def run_accounts(
     with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
         return list(pool.map(one, accounts))
 
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

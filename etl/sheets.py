@@ -32,6 +32,11 @@ def page_number(rank: int, per_page: int) -> int:
     return max(0, rank) // per_page + 1
 
 
+def last_page_number(total_count: int, per_page: int) -> int:
+    """The number of a list's last page (1 for an empty list): the page of its oldest call."""
+    return page_number(total_count - 1, per_page)
+
+
 @dataclass(eq=False)
 class Sheet:
     """A page as read: its parsed items, where it sat, and the order it was answered in."""

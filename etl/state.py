@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from .coverage import Interval, merge
-from .loader import utcnow
+from .loader import iso_utc, utcnow
+from .outcomes import Command, Outcome
 from .records import OPEN_STATUSES
 from .schema import calls, rejects, sync_coverage, sync_runs, sync_state
 from .sheets import Span
@@ -91,12 +92,6 @@ def save_state(
         conn.execute(sync_coverage.insert(), rows)
 
 
-def reset_state(conn: Connection, account_id: str) -> None:
-    """Forget what the account's syncs covered, so the next sync re-reads its whole list."""
-    conn.execute(sync_coverage.delete().where(sync_coverage.c.account_id == account_id))
-    conn.execute(sync_state.delete().where(sync_state.c.account_id == account_id))
-
-
 def _live(account_id: str) -> Any:
     return (calls.c.account_id == account_id) & calls.c.deleted_at.is_(None)
 
@@ -123,14 +118,6 @@ def count_since(conn: Connection, account_id: str, moment: datetime,
         query = query.where(calls.c.start_time < until)
         bad = bad.where(rejects.c.start_time < until)
     return int(conn.execute(query).scalar_one()) + int(conn.execute(bad).scalar_one())
-
-
-def unplaced_rejects(conn: Connection, account_id: str) -> int:
-    """Kept rejects without a usable start_time: the list holds them somewhere unknown."""
-    return int(conn.execute(
-        select(func.count()).select_from(rejects).where(
-            rejects.c.account_id == account_id, rejects.c.start_time.is_(None))
-    ).scalar_one())
 
 
 def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime, *,
@@ -173,7 +160,7 @@ def new_run_id() -> str:
     return str(uuid.uuid4())
 
 
-def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: str) -> None:
+def start_run(engine: Engine, run_id: str, command: Command, account_id: str, name: str) -> None:
     """Log that this run started on this account (committed at once: a killed run shows)."""
     with engine.begin() as conn:
         conn.execute(
@@ -183,7 +170,7 @@ def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: 
                 account_id=account_id,
                 account_name=name,
                 started_at=utcnow(),
-                outcome="running",
+                outcome=Outcome.RUNNING,
                 pages=0,
                 requests=0,
                 new=0,
@@ -194,7 +181,7 @@ def start_run(engine: Engine, run_id: str, command: str, account_id: str, name: 
         )
 
 
-def finish_run(engine: Engine, run_id: str, account_id: str, outcome: str, error: str | None,
+def finish_run(engine: Engine, run_id: str, account_id: str, outcome: Outcome, error: str | None,
                **counts: int) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -204,9 +191,9 @@ def finish_run(engine: Engine, run_id: str, account_id: str, outcome: str, error
         )
 
 
-def record_skip(engine: Engine, run_id: str, command: str, account_id: str, name: str, why: str) -> None:
+def record_skip(engine: Engine, run_id: str, command: Command, account_id: str, name: str, why: str) -> None:
     start_run(engine, run_id, command, account_id, name)
-    finish_run(engine, run_id, account_id, "skipped", why)
+    finish_run(engine, run_id, account_id, Outcome.SKIPPED, why)
 
 
 # A run-log row says `running` from the moment its run holds the account's lock until it
@@ -222,9 +209,9 @@ def close_dead_runs(engine: Engine, account_id: str, run_id: str) -> int:
     with engine.begin() as conn:
         result = conn.execute(
             sync_runs.update()
-            .where(sync_runs.c.account_id == account_id, sync_runs.c.outcome == "running",
+            .where(sync_runs.c.account_id == account_id, sync_runs.c.outcome == Outcome.RUNNING,
                    sync_runs.c.run_id != run_id)
-            .values(outcome="died", error=DIED_ERROR)
+            .values(outcome=Outcome.DIED, error=DIED_ERROR)
         )
     return int(result.rowcount or 0)
 
@@ -235,8 +222,8 @@ def flag_dead_runs(engine: Engine, statuses: list[AccountStatus]) -> None:
     from . import locks
 
     for status in statuses:
-        if status.last_outcome == "running" and not locks.is_held(engine, status.account_id):
-            status.last_outcome = "died"
+        if status.last_outcome == Outcome.RUNNING and not locks.is_held(engine, status.account_id):
+            status.last_outcome = Outcome.DIED
             status.last_error = DIED_ERROR
 
 
@@ -259,7 +246,7 @@ class AccountStatus:
         out: dict[str, Any] = dict(self.__dict__)
         for key, value in out.items():
             if isinstance(value, datetime):
-                out[key] = value.isoformat().replace("+00:00", "Z")
+                out[key] = iso_utc(value)
         return out
 
 
@@ -274,24 +261,24 @@ def account_status(conn: Connection, accounts: list[tuple[str, str]]) -> list[Ac
     ):
         names.setdefault(account_id, name)
     stored: dict[str, int] = dict(
-        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).tuples().all()
+        conn.execute(select(calls.c.account_id, func.count()).group_by(calls.c.account_id)).all()
     )
     still_open: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.status.in_(sorted(OPEN_STATUSES)), calls.c.deleted_at.is_(None))
             .group_by(calls.c.account_id)
-        ).tuples().all()
+        ).all()
     )
     gone: dict[str, int] = dict(
         conn.execute(
             select(calls.c.account_id, func.count())
             .where(calls.c.deleted_at.is_not(None))
             .group_by(calls.c.account_id)
-        ).tuples().all()
+        ).all()
     )
     broken: dict[str, int] = dict(
-        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).tuples().all()
+        conn.execute(select(rejects.c.account_id, func.count()).group_by(rejects.c.account_id)).all()
     )
     out = []
     for account_id, name in names.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,14 +29,24 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from .client import VoxClient
+from .config import Account, Config
 from .coverage import TICK
-from .errors import ListingError
+from .errors import EtlError, ListingError
 from .records import KNOWN_DIRECTIONS, KNOWN_STATUSES, OPEN_STATUSES
 from .schema import calls, rejects
 from .seek import Seeker
-from .sheets import Sheet, page_number
+from .sheets import Sheet, last_page_number, page_number
 from .state import Warehouse, read_state
-from .walks import Reader
+from .walks import Reader, Walk
+
+# What is compared: the total, then per status and per direction (the API's own filters),
+# each with an "(other)" bucket for values outside the documented ones.
+MEASURES = ("total", *(f"status={s}" for s in KNOWN_STATUSES), "status=(other)",
+            *(f"direction={d}" for d in KNOWN_DIRECTIONS), "direction=(other)")
+
+# A stored call: call_uuid -> (status, direction, start_time); a kept reject: (record, start_time).
+Stored = dict[str, tuple[Any, Any, datetime]]
+Kept = list[tuple[str, datetime | None]]
 
 
 @dataclass
@@ -51,20 +62,22 @@ class Difference:
 
 @dataclass
 class Reconciliation:
+    """One account's verification: each measure compared, or why it could not be (`note`: it
+    was never synced; `error`: the API could not be counted)."""
+
     account: str
     auth_id: str
     compared: dict[str, tuple[int, int]] = field(default_factory=dict)
     differences: list[Difference] = field(default_factory=list)
     arrived_since_sync: int = 0
     changed_since_sync: int = 0
-    aged_out: int = 0
-    window_start: datetime | None = None
     requests: int = 0
     note: str | None = None
+    error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.differences and self.note is None
+        return not self.differences and self.note is None and self.error is None
 
 
 @dataclass
@@ -81,6 +94,13 @@ class _Snapshot:
         return (self.total, self.window_start, self.open_now, self.tail_second) == (
             other.total, other.window_start, other.open_now, other.tail_second) and \
             [r.get("call_uuid") for r in self.arrived] == [r.get("call_uuid") for r in other.arrived]
+
+    def changed(self, stored: Stored) -> list[tuple[Any, Any, Any]]:
+        """Stored open calls listed under another status now: (status now, direction,
+        stored status)."""
+        return [(status, direction, stored[uuid][0])
+                for uuid, (status, direction) in self.open_now.items()
+                if status != stored[uuid][0]]
 
 
 class _Moved(Exception):
@@ -113,7 +133,7 @@ class _Verifier:
         self.reader = Reader(client.fetch_page, self.account_id, per_page=client.api.per_page)
         self.warehouse = Warehouse(engine, self.account_id)
 
-    def stored(self) -> tuple[dict[str, tuple[Any, Any, datetime]], list[Any]]:
+    def stored(self) -> tuple[Stored, Kept]:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(calls.c.call_uuid, calls.c.status, calls.c.direction, calls.c.start_time)
@@ -123,21 +143,38 @@ class _Verifier:
                 select(rejects.c.record, rejects.c.start_time)
                 .where(rejects.c.account_id == self.account_id)
             ).all()
-        return {u: (s, d, t) for u, s, d, t in rows}, list(kept)
+        return {u: (s, d, t) for u, s, d, t in rows}, [(r, t) for r, t in kept]
 
-    def snapshot(self, stored: dict[str, tuple[Any, Any, datetime]],
-                 watermark: datetime | None) -> _Snapshot:
+    def settled(self, stored: Stored, watermark: datetime | None,
+                attempts: int) -> tuple[_Snapshot, dict[str, int]]:
+        """The API's counts, with snapshots taken before and after that agree with them; the
+        list may not move in between."""
+        for _ in range(attempts):
+            try:
+                before = self.snapshot(stored, watermark)
+                api = self.api_counts()
+                after = self.snapshot(stored, watermark)
+            except _Moved:
+                continue
+            if before.same_as(after) and before.total == api["total"]:
+                return after, api
+        raise ListingError("the API kept changing while being counted; try again when it is quieter")
+
+    def snapshot(self, stored: Stored, watermark: datetime | None) -> _Snapshot:
         head = self.reader.read(1)
         pages = [head]
-        sheet = head
-        while not sheet.is_end and watermark is not None and sheet.oldest is not None \
-                and sheet.oldest >= watermark:
-            sheet = self.reader.read(sheet.number + 1)
-            if sheet.total_count != head.total_count:
-                raise _Moved()
-            pages.append(sheet)
+        if watermark is not None and not head.is_end and head.oldest is not None \
+                and head.oldest >= watermark:
+            # Down from the head to the last sync's watermark: what arrived since.
+            down = Walk(page_number(head.end_rank, self.reader.per_page), above=head,
+                        stop=lambda sheet: sheet.oldest is None or sheet.oldest < watermark)
+            for _, sheet in self.reader.walk([down]):
+                if sheet.total_count != head.total_count:
+                    raise _Moved()
+                pages.append(sheet)
+        sheet = pages[-1]
         tail = sheet if sheet.is_end else self.reader.read(
-            page_number(head.total_count - 1, self.reader.per_page))
+            last_page_number(head.total_count, self.reader.per_page))
         if tail.total_count != head.total_count or not tail.is_end:
             raise _Moved()
         arrived = [item.raw for page in pages for item in page.calls
@@ -152,10 +189,10 @@ class _Verifier:
         open_now = self._open_calls(stored, [*pages, tail])
         return _Snapshot(head.total_count, window_start, arrived, open_now, first_second)
 
-    def _open_calls(self, stored: dict[str, tuple[Any, Any, datetime]],
-                    read: list[Sheet]) -> dict[str, tuple[Any, Any]]:
+    def _open_calls(self, stored: Stored, read: list[Sheet]) -> dict[str, tuple[Any, Any]]:
         """Where the list holds each stored open call now, and its listed status: on a page
-        already read, or on the page its rank (the stored calls newer than it) points at."""
+        already read, or on the page its rank (the stored calls newer than it) points at,
+        corrected by at most two steps when calls moved it to a neighbouring page."""
         sheets = {s.number: s for s in read}
         found: dict[str, tuple[Any, Any]] = {}
         wanted = sorted(((u, t) for u, (s, _, t) in stored.items() if s in OPEN_STATUSES),
@@ -179,6 +216,7 @@ class _Verifier:
         return found
 
     def api_counts(self) -> dict[str, int]:
+        """`total_count` of a one-call page, overall and for each status and direction."""
         fetch = self.client.fetch_page
         counts = {"total": fetch(1, 1).total_count}
         for status in KNOWN_STATUSES:
@@ -186,6 +224,60 @@ class _Verifier:
         for direction in KNOWN_DIRECTIONS:
             counts[f"direction={direction}"] = fetch(1, 1, direction=direction).total_count
         return counts
+
+    def listed_since(self, moment: datetime) -> int:
+        """How many listed calls started at or after `moment`, from the page it falls on."""
+        sheet = Seeker(self.reader).page_at(moment, self.reader.read(1))
+        return sheet.first_rank + sum(1 for c in sheet.calls if c.start_time >= moment)
+
+
+def listed_counts(api: dict[str, int], snapshot: _Snapshot, stored: Stored) -> Counter[str]:
+    """The API's side: its counts less the calls that arrived since the last sync, and each
+    stored open call that has finished since counted under its stored status (the next sync
+    brings it up to date), so only a real difference remains."""
+    side: Counter[str] = Counter(api)
+    for record in snapshot.arrived:
+        _, status, direction = _fields(record)
+        _bucket(side, status, direction, -1)
+    for now_status, direction, stored_status in snapshot.changed(stored):
+        _bucket(side, now_status, direction, -1)
+        _bucket(side, stored_status, direction, +1)
+    side["status=(other)"] = side["total"] - sum(side[f"status={s}"] for s in KNOWN_STATUSES)
+    side["direction=(other)"] = side["total"] - sum(
+        side[f"direction={d}"] for d in KNOWN_DIRECTIONS)
+    return side
+
+
+def stored_counts(stored: Stored, kept: Kept, snapshot: _Snapshot,
+                  floor: datetime | None) -> Counter[str]:
+    """The warehouse's side: stored calls still inside the provider's window (those of its
+    first second only if still listed), and kept rejects from `floor` on."""
+    start = snapshot.window_start
+    ours: Counter[str] = Counter()
+    for uuid, (status, direction, started) in stored.items():
+        if start is not None and (started < start or (started == start
+                                                       and uuid not in snapshot.tail_second)):
+            continue  # aged out of the window: the archive keeps it, the API no longer lists it
+        _bucket(ours, status, direction)
+    for text, kept_start in kept:
+        if floor is not None and kept_start is not None and kept_start < floor:
+            continue
+        try:
+            record: Any = json.loads(text)
+        except ValueError:
+            record = None
+        _, status, direction = _fields(record)
+        _bucket(ours, status, direction)
+    return ours
+
+
+def compare(listed: Counter[str], held: Counter[str],
+            measures: Iterable[str]) -> tuple[dict[str, tuple[int, int]], list[Difference]]:
+    """(api, stored) for each measure, and the measures where they differ."""
+    compared = {measure: (listed[measure], held[measure]) for measure in measures}
+    differences = [Difference(measure, api, ours)
+                   for measure, (api, ours) in compared.items() if api != ours]
+    return compared, differences
 
 
 def reconcile(engine: Engine, client: VoxClient, name: str, *, start_date: datetime | None = None,
@@ -199,69 +291,39 @@ def reconcile(engine: Engine, client: VoxClient, name: str, *, start_date: datet
         result.note = "never synced; run etl sync first"
         return result
     stored, kept = verifier.stored()
-    for _ in range(attempts):
-        try:
-            before = verifier.snapshot(stored, state.watermark)
-            api = verifier.api_counts()
-            after = verifier.snapshot(stored, state.watermark)
-        except _Moved:
-            continue
-        if before.same_as(after) and before.total == api["total"]:
-            break
-    else:
-        result.requests = client.requests
-        raise ListingError("the API kept changing while being counted; try again when it is quieter")
-    result.window_start = after.window_start
-
-    # The API's side, less the calls that arrived since the last sync.
-    api_side: Counter[str] = Counter(api)
-    for record in after.arrived:
-        _, status, direction = _fields(record)
-        _bucket(api_side, status, direction, -1)
-    result.arrived_since_sync = len(after.arrived)
-    for uuid, (now_status, direction) in after.open_now.items():
-        stored_status = stored[uuid][0]
-        if now_status != stored_status:
-            result.changed_since_sync += 1
-            _bucket(api_side, now_status, direction, -1)
-            _bucket(api_side, stored_status, direction, +1)
-    api_side["status=(other)"] = api_side["total"] - sum(
-        api_side[f"status={s}"] for s in KNOWN_STATUSES)
-    api_side["direction=(other)"] = api_side["total"] - sum(
-        api_side[f"direction={d}"] for d in KNOWN_DIRECTIONS)
-
-    # Our side: stored rows and kept rejects within the window.
-    start = after.window_start
-    floor = state.window_start if start is None else start
-    ours: Counter[str] = Counter()
-    for uuid, (status, direction, started) in stored.items():
-        if start is not None and (started < start or (started == start
-                                                       and uuid not in after.tail_second)):
-            result.aged_out += 1
-            continue
-        _bucket(ours, status, direction)
-    for text, started in kept:
-        if floor is not None and started is not None and started < floor:
-            continue
-        try:
-            kept_record: Any = json.loads(text)
-        except ValueError:
-            kept_record = None
-        _, status, direction = _fields(kept_record)
-        _bucket(ours, status, direction)
-
-    measures = ["total", *(f"status={s}" for s in KNOWN_STATUSES), "status=(other)",
-                *(f"direction={d}" for d in KNOWN_DIRECTIONS), "direction=(other)"]
+    snapshot, api = verifier.settled(stored, state.watermark, attempts)
+    start = snapshot.window_start
+    listed = listed_counts(api, snapshot, stored)
+    held = stored_counts(stored, kept, snapshot, state.window_start if start is None else start)
+    measures: Iterable[str] = MEASURES
     if start_date is not None and (start is None or start_date > start):
         # Calls before start_date are not stored: only the total of what is compares.
         measures = ["total"]
-        sheet = Seeker(verifier.reader).page_at(start_date, verifier.reader.read(1))
-        listed = sheet.first_rank + sum(1 for c in sheet.calls if c.start_time >= start_date)
-        api_side["total"] = listed - len(after.arrived)
-        ours["total"] = sum(1 for (_, _, t) in stored.values() if t >= start_date)
-    for measure in measures:
-        result.compared[measure] = (api_side[measure], ours[measure])
-        if api_side[measure] != ours[measure]:
-            result.differences.append(Difference(measure, api_side[measure], ours[measure]))
+        listed["total"] = verifier.listed_since(start_date) - len(snapshot.arrived)
+        held["total"] = sum(1 for (_, _, t) in stored.values() if t >= start_date)
+    result.compared, result.differences = compare(listed, held, measures)
+    result.arrived_since_sync = len(snapshot.arrived)
+    result.changed_since_sync = len(snapshot.changed(stored))
     result.requests = client.requests
     return result
+
+
+def verify_accounts(engine: Engine, config: Config, accounts: Iterable[Account], *,
+                    on_result: Callable[[Reconciliation], None] | None = None,
+                    ) -> list[Reconciliation]:
+    """Reconcile each account in turn, as `etl verify` does. An account whose calls the API
+    could not count comes back with `error` set, and the others go on."""
+    results = []
+    for account in accounts:
+        client = VoxClient(account, config.api, account.token())
+        try:
+            result = reconcile(engine, client, account.name, start_date=config.sync.start_date)
+        except EtlError as exc:
+            result = Reconciliation(account.name, account.auth_id, error=str(exc),
+                                    requests=client.requests)
+        finally:
+            client.close()
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results

@@ -85,13 +85,11 @@ class Reader:
         self.executor = executor if self.concurrency > 1 else None
         self._answers = itertools.count(1)
         self._lock = threading.Lock()
-        self.pages = 0
 
     def _read(self, number: int, per_page: int) -> Sheet:
         page = self._fetch(number, per_page)
         with self._lock:
             answered = next(self._answers)
-            self.pages += 1
         if page.per_page < min(per_page, self.per_page):
             log.info("server caps per_page", extra={"event": "per_page", "per_page": page.per_page})
             self.per_page = page.per_page

@@ -34,6 +34,7 @@ sys.path.insert(0, str(PROJECT))
 
 from etl.config import render_config  # noqa: E402
 from etl.simulator import Simulator  # noqa: E402
+from etl.tokens import token_variable  # noqa: E402
 
 Row = tuple[str, int, str, str, str]
 
@@ -48,7 +49,7 @@ class Case:
         database = f"sqlite:///{workdir / (name + '.db')}"
         self.config.write_text(render_config(self.sim.base_url, self.sim.accounts, database))
         account = self.sim.accounts[0]
-        self.env = {**os.environ, f"VOX_TOKEN_{account.name.upper()}": account.token}
+        self.env = {**os.environ, token_variable(account.name): account.token}
 
     def sync(self, *args: str) -> int:
         """Run `etl sync`; return the requests the simulator answered for it."""

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from etl.db import make_engine
 from etl.simulator import Simulator
+from etl.tokens import token_variable
 
 PG_URL = os.environ.get("ETL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("ETL_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -162,7 +163,7 @@ def write_config(path: Path, sim: Simulator, database_url: str, *, accounts: lis
         lines += ["", "[sync]"] + [f"{k} = {_toml(v)}" for k, v in sync.items()]
     env = {}
     for account in accounts if accounts is not None else sim.accounts:
-        variable = f"VOX_TOKEN_{account.name.upper()}"
+        variable = token_variable(account.name)
         env[variable] = account.token
         lines += ["", "[[accounts]]", f'name = "{account.name}"', f'auth_id = "{account.auth_id}"',
                   f'token_env = "{variable}"']

@@ -14,6 +14,7 @@ from sqlalchemy import delete
 from etl.config import load_config
 from etl.db import make_engine
 from etl.migrate import upgrade
+from etl.outcomes import Command, Outcome
 from etl.records import parse_timestamp
 from etl.runner import Job, run_accounts
 from etl.schema import calls
@@ -34,13 +35,14 @@ def etl(project, monkeypatch):
             self.engine = make_engine(self.config.database_url)
             upgrade(self.engine)
 
-        def __call__(self, command="sync", **job):
-            results = run_accounts(self.engine, self.config, self.config.accounts, Job(command, **job))
+        def __call__(self, command=Command.SYNC, **job):
+            results = run_accounts(self.engine, self.config, self.config.accounts,
+                                   Job(Command(command), **job))
             for result in results:
-                assert result.outcome == "ok", result.error
+                assert result.outcome is Outcome.OK, result.error
             return results
 
-        def requests_for(self, command="sync", **job):
+        def requests_for(self, command=Command.SYNC, **job):
             self.sim.reset_stats()
             results = self(command, **job)
             assert sum(r.requests for r in results) == self.sim.stats()["requests"]

@@ -154,3 +154,21 @@ def test_etl_migrate_works_from_an_installed_wheel(tmp_path, engine_for):
     assert where.startswith(str(site)), where
     engine = engine_for(f"sqlite:///{db}")
     assert current_revision(engine) == head_revision()
+
+
+def test_the_open_calls_view_lists_exactly_the_open_statuses(any_database_url, engine_for):
+    """The view's SQL quotes the statuses (a revision may not import a list that can change
+    after it shipped); this holds it to etl.records.OPEN_STATUSES."""
+    from etl.records import KNOWN_STATUSES, OPEN_STATUSES
+
+    engine = engine_for(any_database_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        for i, status in enumerate(KNOWN_STATUSES):
+            conn.execute(text(
+                "INSERT INTO calls (call_uuid, account_id, status, direction, start_time, raw, "
+                "first_seen_at, updated_at) VALUES (:u, 'MA1', :s, 'inbound', :t, '{}', :t, :t)"),
+                {"u": f"c{i}", "s": status, "t": "2026-01-01 10:00:00"})
+    with engine.connect() as conn:
+        listed = set(conn.execute(text("SELECT status FROM open_calls")).scalars())
+    assert listed == OPEN_STATUSES

@@ -67,3 +67,26 @@ def test_a_newcomer_can_follow_the_readme_into_sqlite_then_duckdb(tmp_path: Path
     assert "acct1" in result.stdout and "MA100002" in result.stdout  # etl status
     assert re.search(r"│\s*day\s*│\s*calls\s*│\s*answered", result.stdout), result.stdout
     assert (tmp_path / "demo.db").exists() and (tmp_path / "demo.duckdb").exists()
+
+
+def test_the_command_reference_is_the_commands_own_help():
+    """The README quotes each command's `--help` (scripts/readme_commands.py writes it);
+    a docstring or an option changed without rerunning the script fails here."""
+    result = subprocess.run([sys.executable, str(PROJECT / "scripts" / "readme_commands.py"),
+                             "--check"], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_quoted_help_is_what_an_80_column_terminal_shows(monkeypatch):
+    from click.testing import CliRunner
+
+    from etl.cli import cli
+
+    monkeypatch.setenv("COLUMNS", "80")
+    blocks = re.findall(r"<!-- (etl(?: [a-z-]+)?) --help: written by scripts/readme_commands\.py -->"
+                        r"\n```text\n\$ [^\n]*\n(.*?)\n\n(.*?)\n(?:\n|```)", README, re.DOTALL)
+    assert {name for name, _, _ in blocks} == {"etl", *(f"etl {c}" for c in cli.commands)}
+    for name, usage, paragraph in blocks:
+        shown = CliRunner().invoke(cli, [*name.split()[1:], "--help"], prog_name="etl").output
+        assert f"{usage}\n\n{paragraph}\n" in shown, name

@@ -74,3 +74,27 @@ def test_a_changed_status_is_a_mismatch(simulator, project, engine_for):
 
     assert result.returncode == 1
     assert "status=busy" in result.stdout and "status=completed" in result.stdout
+
+
+def test_verify_accounts_goes_on_past_an_account_the_api_refuses(simulator, project, engine_for,
+                                                                 monkeypatch):
+    from etl.config import load_config
+    from etl.verify import verify_accounts
+
+    sim = simulator(accounts=2, calls=800, seed=74)
+    proj = project(sim)
+    proj.run("sync", check=True)
+    config = load_config(proj.config, environ={})
+    for key, value in proj.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(config.accounts[0].token_env, "tvx_wrong_token")
+    seen = []
+
+    results = verify_accounts(engine_for(proj.database_url), config, config.accounts,
+                              on_result=seen.append)
+
+    assert seen == results and [r.account for r in results] == ["acct1", "acct2"]
+    refused, checked = results
+    assert not refused.ok and "401" in refused.error and not refused.compared
+    assert checked.ok and checked.error is None
+    assert checked.compared["total"] == (800, 800)

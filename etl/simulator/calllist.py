@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .config import OPEN, SimulatorConfig
+from ..records import OPEN_STATUSES
+from .config import SimulatorConfig
 from .generate import (
     Call,
     Numbers,
@@ -220,7 +221,7 @@ class CallList:
         """Listed ringing and in-progress calls, oldest first."""
         st = self.idx[ST]
         floor = self.floor
-        keys = [k for s in OPEN for k in st.get(s, ()) if k > floor]
+        keys = [k for s in OPEN_STATUSES for k in st.get(s, ()) if k > floor]
         keys.sort()
         return keys
 
@@ -282,7 +283,7 @@ class CallList:
         uuid = row[UUID]
         if self._by_uuid is not None and isinstance(uuid, str):
             self._by_uuid[uuid] = key
-        if row[ST] in OPEN:
+        if row[ST] in OPEN_STATUSES:
             self.open_since.setdefault(key, time.monotonic())
 
     def _left(self, key: int, uuid: Any) -> None:
@@ -376,7 +377,7 @@ class CallList:
                     del self._by_uuid[old[UUID]]
                 if isinstance(new[UUID], str):
                     self._by_uuid[new[UUID]] = key
-        if new[ST] in OPEN:
+        if new[ST] in OPEN_STATUSES:
             self.open_since.setdefault(key, time.monotonic())
         else:
             self.open_since.pop(key, None)

@@ -5,11 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..records import KNOWN_DIRECTIONS, KNOWN_STATUSES, OPEN_STATUSES
-
-STATUSES = KNOWN_STATUSES
-DIRECTIONS = KNOWN_DIRECTIONS
-OPEN = OPEN_STATUSES
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 20
 

@@ -23,9 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
+from ..records import KNOWN_DIRECTIONS, KNOWN_STATUSES
 from .account import Account
 from .calllist import DIR, FROM, ST, TO, Filters
-from .config import DEFAULT_PER_PAGE, DIRECTIONS, MAX_PER_PAGE, STATUSES
+from .config import DEFAULT_PER_PAGE, MAX_PER_PAGE
 from .hooks import HOOKS
 from .limits import retry_date
 
@@ -95,13 +96,13 @@ def _params(query: str) -> tuple[Filters, int, int]:
     filters: Filters = []
     status = q.get("status")
     if status is not None:
-        if status not in STATUSES:
-            raise Reply(400, f"invalid status {status!r}; expected one of {STATUSES}")
+        if status not in KNOWN_STATUSES:
+            raise Reply(400, f"invalid status {status!r}; expected one of {KNOWN_STATUSES}")
         filters.append((ST, status))
     direction = q.get("direction")
     if direction is not None:
-        if direction not in DIRECTIONS:
-            raise Reply(400, f"invalid direction {direction!r}; expected one of {DIRECTIONS}")
+        if direction not in KNOWN_DIRECTIONS:
+            raise Reply(400, f"invalid direction {direction!r}; expected one of {KNOWN_DIRECTIONS}")
         filters.append((DIR, direction))
     for i, key in ((FROM, "from"), (TO, "to")):
         number = q.get(key)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..tokens import token_variable
 from .account import Account
 from .config import RUNTIME_FIELDS, SimAccount, SimulatorConfig
 from .generate import ts
@@ -364,7 +365,7 @@ def serve(
                     f"  {info.name}: auth_id={info.auth_id} token={info.token}"
                     f" calls={sim.count(info.auth_id)}"
                 )
-            lines.extend(f"  export VOX_TOKEN_{a.name.upper()}={a.token}" for a in sim.accounts)
+            lines.extend(f"  export {token_variable(a.name)}={a.token}" for a in sim.accounts)
             lines.append(f"  test hooks: {sim.base_url.removesuffix('/v1')}/_sim/help")
             if on_ready is not None:
                 on_ready(sim)
