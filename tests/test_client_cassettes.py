@@ -29,8 +29,8 @@ from vcr.cassette import Cassette
 
 from etl.client import Page, RetryPolicy, VoxClient
 from etl.config import Account, ApiSettings
-from etl.sheets import Sheet
 from etl.errors import FatalAPIError, RetriableAPIError
+from etl.sheets import Sheet
 from etl.simulator import Simulator
 from etl.throttle import Throttle
 
