@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
 import re
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .tokens import token_variable
 
 DEFAULT_CONFIG_PATH = "config.toml"
 
@@ -318,28 +320,29 @@ def load_config(
     )
 
 
-def render_config(base_url: str, accounts: Any, database_url: str) -> str:
-    """A config.toml for the given accounts (objects with name, auth_id), tokens by env var."""
-    lines = [
-        "# Written by `etl simulate --write-config`: the simulator's accounts.",
-        "[database]",
-        f"url = {_quote(database_url)}",
-        "",
-        "[api]",
-        f"base_url = {_quote(base_url)}",
-        "backoff_initial = 0.05",
-        "backoff_max = 2",
-    ]
+def render_config(base_url: str, accounts: Any, database_url: str, *,
+                  api: Mapping[str, Any] | None = None,
+                  sync: Mapping[str, Any] | None = None) -> str:
+    """A config.toml for the given accounts (objects with `name` and `auth_id`), each token
+    read from its `VOX_TOKEN_<NAME>` variable. `api` holds [api] keys besides `base_url` (by
+    default the quick backoff `etl simulate --write-config` uses); `sync` the [sync] keys."""
+    api = {"backoff_initial": 0.05, "backoff_max": 2} if api is None else api
+    lines = ["[database]", f"url = {_toml(database_url)}", "", "[api]",
+             f"base_url = {_toml(base_url)}"]
+    lines += [f"{key} = {_toml(value)}" for key, value in api.items()]
+    if sync:
+        lines += ["", "[sync]", *(f"{key} = {_toml(value)}" for key, value in sync.items())]
     for account in accounts:
-        lines += [
-            "",
-            "[[accounts]]",
-            f"name = {_quote(account.name)}",
-            f"auth_id = {_quote(account.auth_id)}",
-            f"token_env = {_quote('VOX_TOKEN_' + re.sub(r'[^A-Za-z0-9]', '_', account.name).upper())}",
-        ]
+        lines += ["", "[[accounts]]", f"name = {_toml(account.name)}",
+                  f"auth_id = {_toml(account.auth_id)}",
+                  f"token_env = {_toml(token_variable(account.name))}"]
     return "\n".join(lines) + "\n"
 
 
-def _quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _toml(value: object) -> str:
+    """A TOML value: JSON's string escapes are TOML's too."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))

@@ -300,20 +300,13 @@ def etl_row(scenario: str, target: str, outcome: EtlOutcome, note: str = "") -> 
 def write_config(path: Path, base_url: str, accounts: list[tuple[str, str, str]],
                  database_url: str, api: dict[str, Any]) -> dict[str, str]:
     """A config.toml for (name, auth_id, token) accounts; returns the tokens' environment."""
-    def toml(value: Any) -> str:
-        return json.dumps(value) if isinstance(value, str) else str(value)
+    from etl.config import render_config
+    from etl.simulator import SimAccount
+    from etl.tokens import token_variable
 
-    lines = ["[database]", f"url = {toml(database_url)}", "", "[api]",
-             f"base_url = {toml(base_url)}"]
-    lines += [f"{k} = {toml(v)}" for k, v in api.items()]
-    env: dict[str, str] = {}
-    for name, auth_id, token in accounts:
-        variable = "VOX_TOKEN_" + "".join(c if c.isalnum() else "_" for c in name).upper()
-        env[variable] = token
-        lines += ["", "[[accounts]]", f"name = {toml(name)}", f"auth_id = {toml(auth_id)}",
-                  f"token_env = {toml(variable)}"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return env
+    simulated = [SimAccount(*account) for account in accounts]
+    path.write_text(render_config(base_url, simulated, database_url, api=api), encoding="utf-8")
+    return {token_variable(account.name): account.token for account in simulated}
 
 
 # ---------------------------------------------------------------------------------------------

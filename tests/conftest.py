@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
+from etl.config import render_config
 from etl.db import make_engine
 from etl.simulator import Simulator
 from etl.tokens import token_variable
@@ -155,28 +156,11 @@ class Project:
 def write_config(path: Path, sim: Simulator, database_url: str, *, accounts: list[Any] | None = None,
                  api: dict[str, Any] | None = None, sync: dict[str, Any] | None = None) -> dict[str, str]:
     """Write a config.toml for `sim`'s accounts; returns the environment holding their tokens."""
-    api = {"base_url": sim.base_url, "backoff_initial": 0.01, "backoff_max": 0.2,
-           "retry_after_max": 2, **(api or {})}
-    lines = ["[database]", f'url = "{database_url}"', "", "[api]"]
-    lines += [f"{k} = {_toml(v)}" for k, v in api.items()]
-    if sync:
-        lines += ["", "[sync]"] + [f"{k} = {_toml(v)}" for k, v in sync.items()]
-    env = {}
-    for account in accounts if accounts is not None else sim.accounts:
-        variable = token_variable(account.name)
-        env[variable] = account.token
-        lines += ["", "[[accounts]]", f'name = "{account.name}"', f'auth_id = "{account.auth_id}"',
-                  f'token_env = "{variable}"']
-    path.write_text("\n".join(lines) + "\n")
-    return env
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    accounts = accounts if accounts is not None else sim.accounts
+    api = {"backoff_initial": 0.01, "backoff_max": 0.2, "retry_after_max": 2, **(api or {})}
+    base_url = api.pop("base_url", sim.base_url)
+    path.write_text(render_config(base_url, accounts, database_url, api=api, sync=sync))
+    return {token_variable(account.name): account.token for account in accounts}
 
 
 @pytest.fixture
