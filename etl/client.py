@@ -81,10 +81,11 @@ class RetryPolicy:
     """When and how long to retry: exponential backoff with equal jitter (a wait between half
     the ceiling and the ceiling), except that a capped `Retry-After` wins."""
 
-    max_attempts: int = 8
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 120.0
+    # The defaults are the configuration's: one place says what they are.
+    max_attempts: int = ApiSettings.max_attempts
+    backoff_initial: float = ApiSettings.backoff_initial
+    backoff_max: float = ApiSettings.backoff_max
+    retry_after_max: float = ApiSettings.retry_after_max
     sleep: Callable[[float], None] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
 
