@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,67 +19,6 @@ from .errors import ConfigError
 from .tokens import token_variable
 
 DEFAULT_CONFIG_PATH = "config.toml"
-
-
-@dataclass(frozen=True)
-class Account:
-    """One Vox account to sync; the token itself is read from `token_env` when needed."""
-
-    name: str
-    auth_id: str
-    token_env: str
-
-    def token(self, environ: Mapping[str, str] | None = None) -> str:
-        """The account's bearer token, from its environment variable."""
-        value = (os.environ if environ is None else environ).get(self.token_env, "")
-        if not value.strip():
-            raise ConfigError(
-                f"account {self.name!r}: environment variable {self.token_env} "
-                "(accounts.token_env) is not set"
-            )
-        return value.strip()
-
-
-@dataclass(frozen=True)
-class ApiSettings:
-    base_url: str = "https://api.tryvox.io/v1"
-    timeout: float = 30.0
-    max_attempts: int = 8
-    concurrency: int = 4
-    requests_per_second: float = 0.0
-    per_page: int = 100
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    retry_after_max: float = 120.0
-    rate_share: float = 1.0
-    max_throttle_seconds: float = 600.0
-
-
-@dataclass(frozen=True)
-class SyncSettings:
-    lookback: timedelta = timedelta(minutes=15)
-    start_date: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    database_url: str = "sqlite:///calls.db"
-    api: ApiSettings = field(default_factory=ApiSettings)
-    sync: SyncSettings = field(default_factory=SyncSettings)
-    accounts: tuple[Account, ...] = ()
-    source: str = "<defaults>"
-
-    def select(self, names: tuple[str, ...] | list[str]) -> list[Account]:
-        """The accounts named (all when none are), in configuration order."""
-        if not names:
-            return list(self.accounts)
-        known = {a.name: a for a in self.accounts}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            configured = ", ".join(known) or "none"
-            raise ConfigError(f"unknown account {unknown[0]!r} (configured: {configured})")
-        wanted = set(names)
-        return [a for a in self.accounts if a.name in wanted]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -198,29 +137,91 @@ def _database_url(value: object) -> str:
     return text
 
 
-_API_KEYS: dict[str, Callable[[object], Any]] = {
-    "base_url": check_base_url,
-    "timeout": _number(float, 0.1, 3600),
-    "max_attempts": _number(int, 1, 100),
-    "concurrency": _number(int, 1, 64),
-    "requests_per_second": _number(float, 0, 10_000),
-    "per_page": _number(int, 1, 100),
-    "backoff_initial": _number(float, 0, 600),
-    "backoff_max": _number(float, 0, 3600),
-    "retry_after_max": _number(float, 0, 3600),
-    "rate_share": _share,
-    "max_throttle_seconds": _number(float, 1, 86_400),
-}
-_SYNC_KEYS: dict[str, Callable[[object], Any]] = {
-    "lookback": parse_duration,
-    "start_date": parse_when,
-}
+_NO_DEFAULT: Any = object()
+
+
+def setting(default: Any = _NO_DEFAULT, check: Callable[[object], Any] = str) -> Any:
+    """A configuration key: its default and the check that turns a TOML value into it (or
+    raises ValueError saying why not)."""
+    if default is _NO_DEFAULT:
+        return field(metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def _checks(settings: type) -> dict[str, Callable[[object], Any]]:
+    """The keys of a settings class, each with its check, in definition order."""
+    return {f.name: f.metadata["check"] for f in fields(settings)}
+
+
+@dataclass(frozen=True)
+class Account:
+    """One Vox account to sync; the token itself is read from `token_env` when needed."""
+
+    name: str = setting(check=_text)
+    auth_id: str = setting(check=_text)
+    token_env: str = setting(check=_text)
+
+    def token(self, environ: Mapping[str, str] | None = None) -> str:
+        """The account's bearer token, from its environment variable."""
+        value = (os.environ if environ is None else environ).get(self.token_env, "")
+        if not value.strip():
+            raise ConfigError(
+                f"account {self.name!r}: environment variable {self.token_env} "
+                "(accounts.token_env) is not set"
+            )
+        return value.strip()
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """[api]: each key's default and check in one place (adding a key is this one line)."""
+
+    base_url: str = setting("https://api.tryvox.io/v1", check_base_url)
+    timeout: float = setting(30.0, _number(float, 0.1, 3600))
+    max_attempts: int = setting(8, _number(int, 1, 100))
+    concurrency: int = setting(4, _number(int, 1, 64))
+    requests_per_second: float = setting(0.0, _number(float, 0, 10_000))
+    per_page: int = setting(100, _number(int, 1, 100))
+    backoff_initial: float = setting(0.5, _number(float, 0, 600))
+    backoff_max: float = setting(30.0, _number(float, 0, 3600))
+    retry_after_max: float = setting(120.0, _number(float, 0, 3600))
+    rate_share: float = setting(1.0, _share)
+    max_throttle_seconds: float = setting(600.0, _number(float, 1, 86_400))
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """[sync]."""
+
+    lookback: timedelta = setting(timedelta(minutes=15), parse_duration)
+    start_date: datetime | None = setting(None, parse_when)
+
+
+@dataclass(frozen=True)
+class Config:
+    database_url: str = "sqlite:///calls.db"
+    api: ApiSettings = field(default_factory=ApiSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    accounts: tuple[Account, ...] = ()
+    source: str = "<defaults>"
+
+    def select(self, names: tuple[str, ...] | list[str]) -> list[Account]:
+        """The accounts named (all when none are), in configuration order."""
+        if not names:
+            return list(self.accounts)
+        known = {a.name: a for a in self.accounts}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            configured = ", ".join(known) or "none"
+            raise ConfigError(f"unknown account {unknown[0]!r} (configured: {configured})")
+        wanted = set(names)
+        return [a for a in self.accounts if a.name in wanted]
+
+
+_API_KEYS = _checks(ApiSettings)
+_SYNC_KEYS = _checks(SyncSettings)
 _DATABASE_KEYS: dict[str, Callable[[object], Any]] = {"url": _database_url}
-_ACCOUNT_KEYS: dict[str, Callable[[object], Any]] = {
-    "name": _text,
-    "auth_id": _text,
-    "token_env": _text,
-}
+_ACCOUNT_KEYS = _checks(Account)
 _SECTIONS = {"database": _DATABASE_KEYS, "api": _API_KEYS, "sync": _SYNC_KEYS}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
