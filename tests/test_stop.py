@@ -26,7 +26,7 @@ def _runs(engine):
                                                       (signal.SIGINT, 130, 1)])
 def test_a_signal_finishes_the_batch_records_interrupted_releases_locks_and_exits(
         simulator, project, database_url, engine_for, signum, code, jobs):
-    sim = simulator(accounts=2, calls=20_000, latency_ms=10, seed=71)
+    sim = simulator(accounts=2, calls=20_000, latency_ms=10, seed=71)  # syncs of a few seconds
     ids = [a.auth_id for a in sim.accounts]
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)
@@ -67,7 +67,7 @@ def warehouse_url(request, tmp_path):
 
 def test_a_dead_run_shows_as_died_and_the_next_run_closes_it(simulator, project, warehouse_url,
                                                              engine_for):
-    sim = simulator(accounts=1, calls=15_000, latency_ms=3, seed=72)
+    sim = simulator(accounts=1, calls=15_000, latency_ms=30, seed=72)  # a sync of a few seconds
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, warehouse_url, api={"concurrency": 1})
     engine = engine_for(warehouse_url)

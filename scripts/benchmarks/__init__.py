@@ -1,0 +1,1 @@
+"""The benchmark scenarios of `scripts/bench.py`, one module each, and what they share (kit)."""
