@@ -248,21 +248,11 @@ def _parse(record: object, account_id: str) -> CallRow:
         raise _Invalid("call_uuid is not a plausible identifier")
 
     # Each text field: None, or a str of at most _MAX_KEY characters; _text says what is wrong.
-    from_number = get("from")
-    if from_number is not None and (type(from_number) is not str or len(from_number) > _MAX_KEY):
-        from_number = _text(record, "from")
-    to_number = get("to")
-    if to_number is not None and (type(to_number) is not str or len(to_number) > _MAX_KEY):
-        to_number = _text(record, "to")
-    direction = get("direction")
-    if direction is not None and (type(direction) is not str or len(direction) > _MAX_KEY):
-        direction = _text(record, "direction")
-    status = get("status")
-    if status is not None and (type(status) is not str or len(status) > _MAX_KEY):
-        status = _text(record, "status")
-    end_reason = get("end_reason")
-    if end_reason is not None and (type(end_reason) is not str or len(end_reason) > _MAX_KEY):
-        end_reason = _text(record, "end_reason")
+    texts = [get(key) for key in _TEXT_KEYS]
+    for index, value in enumerate(texts):
+        if value is not None and (type(value) is not str or len(value) > _MAX_KEY):
+            texts[index] = _text(record, _TEXT_KEYS[index])
+    from_number, to_number, direction, status, end_reason = texts
 
     start = get("start_time")
     if start is None or start == "":
@@ -289,6 +279,10 @@ def _parse(record: object, account_id: str) -> CallRow:
         record,
         record.text if type(record) is Received else None,
     )
+
+
+# The record's text fields, in the order _parse unpacks them.
+_TEXT_KEYS = ("from", "to", "direction", "status", "end_reason")
 
 
 def _text(record: dict[str, Any], key: str) -> str | None:
