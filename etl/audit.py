@@ -78,10 +78,11 @@ class Audit:
         assert self.head.newest is not None
         return self.warehouse.count_since(self.head.newest + TICK)
 
-    def difference(self, anchor: Anchor) -> int:
+    def difference(self, anchor: Anchor, arrivals: int | None = None) -> int:
         """Stored minus listed, for the calls that started after the anchor's second — the
         anchor's count carried forward by the arrivals stored since it was taken."""
-        listed = anchor.count + self.arrivals() - anchor.arrived
+        arrivals = self.arrivals() if arrivals is None else arrivals
+        listed = anchor.count + arrivals - anchor.arrived
         return self.warehouse.count_since(anchor.second + TICK) - listed
 
     def run(self, seen: set[str]) -> Iterator[Sheet]:
@@ -129,7 +130,8 @@ class Audit:
         settled: set[tuple[int, int]] = set()
         while self.probes < self.max_probes:
             anchors.sort()
-            differences = [self.difference(a) for a in anchors]
+            arrivals = self.arrivals()
+            differences = [self.difference(a, arrivals) for a in anchors]
             pair = next(
                 (i for i in range(len(anchors) - 1)
                  if differences[i] != differences[i + 1]

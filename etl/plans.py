@@ -58,9 +58,6 @@ class Batch:
     seen: list[str] = field(default_factory=list)
     pages: int = 0
     coverage: list[Interval] | None = None
-    watermark: datetime | None = None
-    window_start: datetime | None = None
-    total_count: int | None = None
     flush: bool = False  # commit everything so far before the plan goes on
 
 
@@ -153,7 +150,7 @@ class Extraction:
     def _incremental(self, head: Sheet) -> Iterator[Batch]:
         state = self.state
         assert state is not None
-        floor = _latest(self.start_date, state.window_start)
+        floor = self._floor
         todo = gaps(self.covered, lookback=self.lookback, floor=floor)
         stretches: list[tuple[Sheet, int, Stop]] = []
         for gap in todo:
@@ -272,7 +269,7 @@ class Extraction:
 
     def _open_calls(self) -> Iterator[Batch]:
         """Read the page of each stored open call not met yet, where its rank says it is."""
-        floor = _latest(self.start_date, self.state.window_start if self.state else None)
+        floor = self._floor
         targets = [(uuid, started) for uuid, started in self.warehouse.open_calls()
                    if uuid not in self.seen and (floor is None or started >= floor)]
         per_page = self.reader.per_page
@@ -280,8 +277,9 @@ class Extraction:
             if not targets:
                 return
             wanted: dict[int, list[tuple[str, datetime]]] = {}
+            offset = self._head_offset()
             for uuid, started in targets:
-                rank = self._rank_from_head(started)
+                rank = self.warehouse.count_since(started) + offset
                 wanted.setdefault(page_number(rank, per_page), []).append((uuid, started))
             sheets = self.reader.read_many(sorted(wanted))
             retry: list[tuple[str, datetime]] = []
@@ -326,20 +324,25 @@ class Extraction:
             return None
         return self._rank_of(moment)
 
-    def _rank_from_head(self, moment: datetime) -> int:
-        """About how many listed calls started at or after `moment`: the warehouse's count,
-        corrected by what the newest page with a clean boundary said about the difference."""
-        offset = 0
-        if self._anchor is not None:
-            second, count = self._anchor
-            offset = count - self.warehouse.count_since(second + TICK)
-        return self.warehouse.count_since(moment) + offset
+    def _head_offset(self) -> int:
+        """How many more listed calls than stored ones the newest page with a clean boundary
+        counted above it: what the warehouse's count of a moment's rank is short by."""
+        if self._anchor is None:
+            return 0
+        second, count = self._anchor
+        return count - self.warehouse.count_since(second + TICK)
+
+    @property
+    def _floor(self) -> datetime | None:
+        """The oldest second still wanted: `start_date`, or where the provider's window began
+        at the last sync (it only moves on)."""
+        return _latest(self.start_date, self.state.window_start if self.state else None)
 
     def _rank_of(self, moment: datetime) -> int:
         """About where `moment` sits, counted from the head, before the head was loaded:
         the list's size less the stored calls older than `moment`."""
         assert self.head is not None
-        floor = _latest(self.start_date, self.state.window_start if self.state else None) or _EPOCH
+        floor = self._floor or _EPOCH
         older = self.warehouse.count_since(floor) - self.warehouse.count_since(moment)
         return max(0, self.head.total_count - older)
 
@@ -348,7 +351,7 @@ class Extraction:
     def _batch(self, sheet: Sheet, *, covering: bool = False) -> Batch:
         rows = [c for c in sheet.calls if self.window.keeps(c.start_time) and not self._again(c)]
         rejects = [r for r in sheet.items if isinstance(r, Reject) and self.window.keeps(r.start_time)]
-        span = span_of([sheet])
+        span = span_of(sheet)
         if self.kind is Kind.INCREMENTAL:
             self.seen.update(sheet.uuids)
         batch = Batch(rows=rows, rejects=rejects, spans=[span] if span else [],

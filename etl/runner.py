@@ -229,8 +229,7 @@ class AccountRun:
             self.progress(account.name, 0, None)
         for group in _groups(self._reported(extraction), _PAGES_PER_TRANSACTION):
             self.stop.check()
-            counts = in_transaction(self.engine, partial(self._commit, kind=extraction.kind,
-                                                         batches=group))
+            counts = in_transaction(self.engine, partial(self._commit, batches=group))
             self.result.counts += counts
             self.result.pages += sum(batch.pages for batch in group)
         if extraction.kind is not Kind.BACKFILL:
@@ -253,32 +252,29 @@ class AccountRun:
                 self.progress(self.account.name, read, extraction.expected)
             yield batch
 
-    def _commit(self, conn: Connection, *, kind: Kind, batches: list[Batch]) -> LoadCounts:
+    def _commit(self, conn: Connection, *, batches: list[Batch]) -> LoadCounts:
         """One transaction: the pages' rows and rejects, what they prove gone or back, then
         the coverage they complete."""
         now = utcnow()
         rows = [row for batch in batches for row in batch.rows]
         counts = upsert_calls(conn, rows, now)
         counts.rejected = save_rejects(conn, [r for b in batches for r in b.rejects], self.run_id, now)
+        seen = {u for b in batches for u in b.seen}
         if self._deleted:
-            restored = restore_seen(conn, [u for b in batches for u in b.seen], now)
+            restored = restore_seen(conn, list(seen), now)
             counts.updated += restored
             counts.unchanged -= restored
             self._deleted -= restored
         # A page proves absent only what it does not hold; a call another page of this
         # transaction holds is listed (read later, or listed again since).
-        seen = {u for b in batches for u in b.seen}
         flagged = flag_absent(conn, self.account.auth_id, [s for b in batches for s in b.spans], now,
                               listed=seen)
         self._deleted += flagged
         self.result.deleted += flagged
-        covering = [b for b in batches if b.coverage is not None]
-        if covering and kind is not Kind.BACKFILL:
-            last = covering[-1]
-            assert last.coverage is not None
-            save_state(conn, self.account.auth_id, self.account.name, coverage=last.coverage,
-                       watermark=last.watermark, window_start=last.window_start,
-                       total_count=last.total_count)
+        # Backfill batches carry no coverage: it leaves the sync state alone.
+        coverage = next((b.coverage for b in reversed(batches) if b.coverage is not None), None)
+        if coverage is not None:
+            save_state(conn, self.account.auth_id, self.account.name, coverage=coverage)
         return counts
 
 

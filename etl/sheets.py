@@ -132,13 +132,8 @@ class Span:
     uuids: frozenset[str]
 
 
-def span_of(sheets: list[Sheet]) -> Span | None:
-    """The span of pages that overlap one another in turn (or of one page)."""
-    calls = [call for sheet in sheets for call in sheet.calls]
-    if not calls:
+def span_of(sheet: Sheet) -> Span | None:
+    """What one page proves listed, and not, between its oldest and newest call."""
+    if sheet.newest is None or sheet.oldest is None:
         return None
-    return Span(
-        oldest=min(call.start_time for call in calls),
-        newest=max(call.start_time for call in calls),
-        uuids=frozenset(call.call_uuid for call in calls),
-    )
+    return Span(oldest=sheet.oldest, newest=sheet.newest, uuids=sheet.uuids)
