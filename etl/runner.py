@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -227,11 +230,13 @@ class AccountRun:
         account = self.account
         if self.progress is not None:
             self.progress(account.name, 0, None)
-        for group in _groups(self._reported(extraction), _PAGES_PER_TRANSACTION):
-            self.stop.check()
-            counts = in_transaction(self.engine, partial(self._commit, batches=group))
-            self.result.counts += counts
-            self.result.pages += sum(batch.pages for batch in group)
+        with _ReadAhead(self._reported(extraction), _PAGES_PER_TRANSACTION,
+                        name=f"read-{account.name}") as batches:
+            for group in _groups(batches, _PAGES_PER_TRANSACTION):
+                self.stop.check()
+                counts = in_transaction(self.engine, partial(self._commit, batches=group))
+                self.result.counts += counts
+                self.result.pages += sum(batch.pages for batch in group)
         if extraction.kind is not Kind.BACKFILL:
             coverage = extraction.final_coverage()
 
@@ -276,6 +281,88 @@ class AccountRun:
         if coverage is not None:
             save_state(conn, self.account.auth_id, self.account.name, coverage=coverage)
         return counts
+
+
+class _ReadAhead:
+    """The plan's batches, read in a thread of their own up to `depth` batches ahead of the
+    loader, so that requests keep flowing while a transaction is written and committed (in
+    the loader's thread, the walks would wait for every commit).
+
+    A flush batch is a barrier, as it is for a plain generator: the plan goes on only once the
+    loader has committed it and asks for the next batch. An error of the plan is raised in the
+    loader's thread; leaving the block (a database error, a stop) closes the plan, which
+    cancels its requests.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[Batch], depth: int, *, name: str) -> None:
+        self._source = batches
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
+        self._closing = threading.Event()
+        self._resume = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name=name, daemon=True)
+
+    def __enter__(self) -> Iterator[Batch]:
+        self._thread.start()
+        return self._consume()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._closing.set()
+        self._thread.join()
+
+    def _produce(self) -> None:
+        try:
+            for batch in self._source:
+                if not self._put(batch):
+                    return
+                if batch.flush and not self._wait(self._resume):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the loader's thread, raised there
+            self._put(_Failure(exc))
+        finally:
+            close = getattr(self._source, "close", None)
+            if close is not None:
+                close()
+
+    def _wait(self, event: threading.Event) -> bool:
+        while not event.wait(0.05):
+            if self._closing.is_set():
+                return False
+        event.clear()
+        return not self._closing.is_set()
+
+    def _put(self, item: object) -> bool:
+        while not self._closing.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _consume(self) -> Iterator[Batch]:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the plan's reader ended without a word") from None
+                continue
+            if item is self._END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            assert isinstance(item, Batch)
+            yield item
+            if item.flush:
+                self._resume.set()  # committed: the plan may go on
+
+
+@dataclass
+class _Failure:
+    error: BaseException
 
 
 # Pages loaded per transaction, and the longest a batch is held before it is committed:
@@ -331,6 +418,39 @@ def run_accounts(
     run_id = new_run_id()
     accounts = list(accounts)
     stop = stop or stopping.StopToken()
+    with _prompt_wakeups():
+        return _run_all(engine, config, accounts, job, run_id, jobs, wait, progress, on_result,
+                        stop)
+
+
+# A paced worker must wake on time: slots are 20 ms apart at 50 req/s, and with Python's default
+# 5 ms GIL switch interval a worker waking behind the loading thread is late by up to 5 ms (the
+# pace measured 79 % of a 50 req/s ceiling with a busy loader, 96 % at this interval).
+_SWITCH_INTERVAL = 0.0005
+
+
+@contextlib.contextmanager
+def _prompt_wakeups() -> Iterator[None]:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(before, _SWITCH_INTERVAL))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def _run_all(
+    engine: Engine,
+    config: Config,
+    accounts: list[Account],
+    job: Job,
+    run_id: str,
+    jobs: int,
+    wait: bool,
+    progress: Progress | None,
+    on_result: Callable[[AccountResult], None] | None,
+    stop: stopping.StopToken,
+) -> list[AccountResult]:
 
     def one(account: Account) -> AccountResult:
         result = AccountRun(engine, config, account, job, run_id, progress=progress,

@@ -90,6 +90,12 @@ HOLD = 3.0
 MAX_HOLD = 30.0
 # Announced limits are used up to this share (clock skew, requests crossing a window edge).
 ANNOUNCED_MARGIN = 0.98
+# A configured ceiling is paced at this share of it: a server whose bucket holds one request
+# refuses one that arrives a millisecond early, and arrivals jitter by about that much.
+CEILING_MARGIN = 0.985
+# 429s at the ceiling lower that share by MARGIN_STEP each, down to this; below it the pace is
+# learned (the account's own traffic leaves less than the ceiling).
+MIN_CEILING_MARGIN = 0.91
 # Each 429 despite an announced limit lowers that share by MARGIN_STEP, down to MIN_MARGIN.
 MARGIN_STEP = 0.02
 MIN_MARGIN = 0.85
@@ -98,8 +104,11 @@ QUOTA_WINDOW = 2.0
 # The slowest pace ever set, in requests per second.
 FLOOR = 0.2
 # How late a slot may be taken and still count from its planned time, in slots (small: a
-# server with a burst of one refuses a request that comes early by more than the margin).
+# server with a burst of one refuses a request that comes early by more than the margin). When
+# the server's own count says more than one request could go now, a late slot catches up in
+# full (CATCH_UP_AHEAD).
 CATCH_UP = 0.02
+CATCH_UP_AHEAD = 1.0
 # The shortest span a pace is measured over, in seconds.
 MIN_SPAN = 1.0
 # Seconds without a 429 before the pace grows a step.
@@ -220,6 +229,10 @@ class Throttle:
         # Announced state.
         self.announced: Announced | None = None
         self._margin = ANNOUNCED_MARGIN
+        self._ceiling_margin = CEILING_MARGIN
+        self._at_ceiling = bool(self.ceiling)  # the pace is the ceiling's, not a learned one
+        self._remaining: int | None = None  # the last announced Remaining...
+        self._remaining_seq = 0  # ...and the sequence number of the request it answered
         self._announced_window: float | None = None
         self._quota: int | None = None  # what we may still send before `_quota_reset_at`
         self._quota_seq = 0  # the sequence number `_quota` was counted at
@@ -227,6 +240,8 @@ class Throttle:
         # Slots and gate.
         self._next = 0.0
         self._gate = 0.0
+        self._epoch = 0  # counts 429s: a slot reserved before one is void
+        self._reserved = 0  # threads holding a reserved slot, asleep until it
         self._event_at = -math.inf  # when the current 429 event closed the gate
         self._probe_wanted = False
         self._probe: Ticket | None = None
@@ -236,6 +251,7 @@ class Throttle:
         # starts at one and grows by one per answer, so a cold start's first wave of 429s is
         # small, and stops mattering after a few round trips.
         self._inflight = 0
+        self._rtt: float | None = None  # the quickest answer so far, in seconds
         self._last_sent = 0.0
         self._window: int | None = None if self.ceiling else 1
         self._held_pace: float | None = None  # the pace a probe above the estimate started at
@@ -256,7 +272,8 @@ class Throttle:
 
     def _cap(self) -> float | None:
         """The pace slots are spaced at now: the smallest of every bound that applies."""
-        bounds = [b for b in (self.ceiling or None, self.pace) if b]
+        ceiling = self.ceiling * self._ceiling_margin
+        bounds = [b for b in (ceiling or None, self.pace) if b]
         if self.hi is not None and self.share < 1:
             bounds.append(self.share * self.hi)
         announced = self._announced_pace(self._clock())
@@ -276,8 +293,22 @@ class Throttle:
             left = self._quota_reset_at - now
             if left > 0.05:
                 spread = max(self._quota_left(), 0) / left
-                pace = spread if pace is None else min(pace, max(spread, FLOOR))
+                if self.share >= 1 and self._margin >= ANNOUNCED_MARGIN:
+                    # The whole quota is ours and the server's count has held so far: what is
+                    # left of this window, spread over the time until it resets, is the pace
+                    # (a partial first window allows more than limit / window).
+                    pace = spread
+                else:
+                    pace = spread if pace is None else min(pace, max(spread, FLOOR))
         return pace
+
+    def _ahead(self) -> int:
+        """Requests the server's last count says could go at once (0 when unknown)."""
+        if self._quota is not None and self._clock() < self._quota_reset_at:
+            return self._quota_left()
+        if self._remaining is None:
+            return 0
+        return self._remaining - (self._seq - self._remaining_seq)
 
     def _quota_left(self) -> int:
         assert self._quota is not None
@@ -287,51 +318,108 @@ class Throttle:
 
     def acquire(self) -> Ticket:
         """Wait for this thread's slot and return its ticket; every ticket must be settled with
-        `answered`, `throttled` or `failed`."""
+        `answered`, `throttled` or `failed`.
+
+        A thread reserves its slot, then sleeps until it: each waits for its own time instead
+        of every waiting thread waking for the next slot. A 429 in between voids the
+        reservation (the gate closed, the pace may have dropped) and the thread starts over."""
         with self._cond:
-            while True:
-                now = self._clock()
-                if self._probe is not None or (
-                    self._window is not None and self._inflight >= self._window
-                ):
-                    # A probe is out after the gate reopened, or the cold-start window is full:
-                    # wait for an answer.
-                    self._cond.wait(timeout=0.05)
-                    continue
-                start = max(now, self._gate, self._next)
-                if (self._quota is not None and self._quota_left() <= 0
-                        and now < self._quota_reset_at):
-                    start = max(start, self._quota_reset_at)
-                if start > now:
-                    self._cond.release()
-                    try:
-                        self._sleep(start - now)
-                    finally:
-                        self._cond.acquire()
-                    continue
-                cap = self._cap()
-                if cap:
-                    # Count from the slot's planned time, so a late wake-up does not slow the
-                    # pace; idle time is not banked beyond a quarter of a slot.
-                    interval = 1.0 / cap
-                    planned = max(self._next, self._gate)
-                    base = planned if planned >= now - CATCH_UP * interval else now
-                    self._next = base + interval
-                else:
-                    self._next = now
-                self._seq += 1
-                self._inflight += 1
-                self._last_sent = now
-                ticket = Ticket(now, self._seq)
-                if self._first_sent is None:
-                    self._first_sent = self._opened_at = now
-                if self._probe_wanted:
-                    self._probe_wanted = False
-                    self._opened_at = now
-                    self._since_open = 0
-                    ticket.probe = True
-                    self._probe = ticket
-                return ticket
+            reserved: tuple[float, int] | None = None  # (slot, the epoch it was given in)
+            try:
+                while True:
+                    now = self._clock()
+                    if reserved is not None:
+                        slot, epoch = reserved
+                        if epoch != self._epoch:
+                            reserved = None
+                            self._reserved -= 1
+                            continue
+                        # A thread before it may have woken late: never closer than the
+                        # pace allows (a bucket of one refuses a request that comes early).
+                        slot = max(slot, self._last_sent + self._min_gap())
+                        if slot > now:
+                            self._sleep_unlocked(slot - now)
+                            continue
+                        reserved = None
+                        self._reserved -= 1
+                        return self._take(now)
+                    if self._must_wait_for_an_answer():
+                        self._cond.wait(timeout=0.05)
+                        continue
+                    start = max(now, self._gate)
+                    if (self._quota is not None and self._quota_left() <= 0
+                            and now < self._quota_reset_at):
+                        start = max(start, self._quota_reset_at)
+                    if start > now:
+                        self._sleep_unlocked(start - now)
+                        continue
+                    slot = self._reserve(now)
+                    if slot <= now:
+                        return self._take(now)
+                    reserved = (slot, self._epoch)
+                    self._reserved += 1
+            except BaseException:
+                if reserved is not None:
+                    self._reserved -= 1
+                raise
+
+    def _must_wait_for_an_answer(self) -> bool:
+        """A probe is out (or reserved) after the gate reopened, or the cold-start window is
+        full."""
+        if self._probe is not None or (self._probe_wanted and self._reserved):
+            return True
+        return self._window is not None and self._inflight + self._reserved >= self._window
+
+    def _sleep_unlocked(self, seconds: float) -> None:
+        self._cond.release()
+        try:
+            self._sleep(seconds)
+        finally:
+            self._cond.acquire()
+
+    def _min_gap(self) -> float:
+        """The least time between two sends: a slot less what a late slot may catch up; in
+        the cold start, the quickest answer's time spread over the window (requests sent in
+        pairs would meet a bucket of one as a limit far below the real one)."""
+        if self._seq == 0 or self._ahead() > 1:
+            return 0.0
+        cap = self._cap()
+        if cap:
+            return (1 - CATCH_UP) / cap
+        if self._window is not None and self._rtt is not None:
+            return self._rtt / self._window
+        return 0.0
+
+    def _reserve(self, now: float) -> float:
+        """The next slot's time (now or later), advancing the schedule past it."""
+        cap = self._cap()
+        if not cap:
+            self._next = now
+            return max(now, self._last_sent + self._min_gap())
+        # Count from the slot's planned time, so a late wake-up does not slow the pace; idle
+        # time is not banked beyond CATCH_UP of a slot (in full when the server says more
+        # than one request could go now).
+        interval = 1.0 / cap
+        planned = max(self._next, self._gate)
+        catch_up = CATCH_UP_AHEAD if self._ahead() > 1 else CATCH_UP
+        base = planned if planned >= now - catch_up * interval else now
+        self._next = base + interval
+        return base
+
+    def _take(self, now: float) -> Ticket:
+        self._seq += 1
+        self._inflight += 1
+        self._last_sent = now
+        ticket = Ticket(now, self._seq)
+        if self._first_sent is None:
+            self._first_sent = self._opened_at = now
+        if self._probe_wanted:
+            self._probe_wanted = False
+            self._opened_at = now
+            self._since_open = 0
+            ticket.probe = True
+            self._probe = ticket
+        return ticket
 
     def _settle(self, ticket: Ticket) -> None:
         ticket.done = True
@@ -356,6 +444,8 @@ class Throttle:
                 return
             now = self._clock()
             self._settle(ticket)
+            rtt = now - ticket.sent_at
+            self._rtt = rtt if self._rtt is None else min(self._rtt, rtt)
             self._pause_streak = 0
             self._since_open += 1
             if self._window is not None:
@@ -378,6 +468,7 @@ class Throttle:
             now = self._clock()
             self._settle(ticket)
             self.throttled += 1
+            self._epoch += 1
             if headers is not None:
                 self._read_headers(ticket, headers, now)
             same_event = ticket.sent_at <= self._event_at
@@ -449,6 +540,13 @@ class Throttle:
             # allows (a burst of one). Widen the margin a little each time.
             self._margin = max(MIN_MARGIN, self._margin - MARGIN_STEP)
             return
+        if self._at_ceiling:
+            if self._ceiling_margin - MARGIN_STEP >= MIN_CEILING_MARGIN - 1e-9:
+                # Refused at the configured ceiling: most likely arrivals bunched a little (a
+                # bucket of one); keep a little more distance from it.
+                self._ceiling_margin -= MARGIN_STEP
+                return
+            self._at_ceiling = False  # refused again and again: the limit is lower; learn it
         self._trim(now)
         active = max(now - self._opened_at, 1e-3)
         accepted = self._since_open
@@ -517,6 +615,8 @@ class Throttle:
             return
         first = self.announced is None
         self.announced = ann
+        if ann.remaining is not None and ticket.seq >= self._remaining_seq:
+            self._remaining, self._remaining_seq = ann.remaining, ticket.seq
         if ann.reset is not None and ann.window is None:
             longest = self._announced_window or 0.0
             self._announced_window = max(longest, ann.reset, 1.0)

@@ -72,7 +72,7 @@ def _assert_frontier_is_committed(engine, sim, auth_id, listed_before):
 @pytest.mark.parametrize("ageing", [0, 20], ids=["arrivals", "moving-window"])
 def test_kill_9_at_any_point_loses_nothing_and_the_next_run_converges(
         simulator, project, database_url, engine_for, ageing):
-    sim = simulator(accounts=1, calls=20_000, latency_ms=3, seed=21)
+    sim = simulator(accounts=1, calls=20_000, latency_ms=15, seed=21)
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)

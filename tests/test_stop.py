@@ -26,7 +26,7 @@ def _runs(engine):
                                                       (signal.SIGINT, 130, 1)])
 def test_a_signal_finishes_the_batch_records_interrupted_releases_locks_and_exits(
         simulator, project, database_url, engine_for, signum, code, jobs):
-    sim = simulator(accounts=2, calls=20_000, latency_ms=10, seed=71)  # syncs of a few seconds
+    sim = simulator(accounts=2, calls=20_000, latency_ms=25, seed=71)  # syncs of a few seconds
     ids = [a.auth_id for a in sim.accounts]
     proj = project(sim, database_url, api={"concurrency": 2})
     engine = engine_for(database_url)

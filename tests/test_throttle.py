@@ -24,6 +24,9 @@ from etl.throttle import (
     ANNOUNCED_MARGIN,
     BETA,
     CATCH_UP,
+    CEILING_MARGIN,
+    MARGIN_STEP,
+    MIN_CEILING_MARGIN,
     SETTLED,
     Announced,
     Throttle,
@@ -82,7 +85,9 @@ def test_a_ceiling_spaces_slots_across_requests():
     fake = FakeTime()
     t = throttle(fake, 4)
     tickets = [t.acquire() for _ in range(5)]
-    assert [k.sent_at - 1000.0 for k in tickets] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    slot = 0.25 / CEILING_MARGIN  # a little under the ceiling: arrivals jitter
+    assert [k.sent_at - 1000.0 for k in tickets] == pytest.approx([i * slot for i in range(5)])
+    assert 0.25 < slot < 0.26
 
 
 def test_idle_time_is_not_banked():
@@ -91,7 +96,7 @@ def test_idle_time_is_not_banked():
     accept(t, fake, 1)
     fake.advance(60)
     first, second = t.acquire(), t.acquire()
-    assert second.sent_at - first.sent_at == pytest.approx(0.1)
+    assert second.sent_at - first.sent_at == pytest.approx(0.1 / CEILING_MARGIN)
 
 
 def test_a_429_closes_the_gate_for_every_request_until_retry_after():
@@ -134,14 +139,42 @@ def test_after_the_gate_one_probe_goes_alone_and_the_rest_wait_for_its_answer():
     assert order == ["probe answered", "other sent"]
 
 
-def test_429s_of_one_wave_lower_the_pace_once():
+def refused_at_the_ceiling(t: Throttle, fake: FakeTime) -> None:
+    """429 events at the configured ceiling until its margin is spent and the pace is learned."""
+    while t._at_ceiling:
+        accept(t, fake, 20, 0.0)
+        t.throttled_for(t.acquire(), 0.5)
+
+
+def test_a_429_at_the_ceiling_first_keeps_a_little_more_distance_from_it():
     fake = FakeTime()
     t = throttle(fake, 20)
     accept(t, fake, 200, 0.0)  # ten seconds at the ceiling, all accepted
+    t.throttled_for(t.acquire(), 1.0)
+    assert t.hi is None  # nothing learned: the ceiling's margin widened
+    t.answered(t.acquire())  # the probe
+    a, b = t.acquire(), t.acquire()
+    assert 1 / (b.sent_at - a.sent_at) == pytest.approx(20 * (CEILING_MARGIN - MARGIN_STEP))
+    t.answered(a)
+    t.answered(b)
+    refused_at_the_ceiling(t, fake)  # refused again and again: the limit is lower
+    steps = int((CEILING_MARGIN - MIN_CEILING_MARGIN) / MARGIN_STEP + 1e-9)
+    assert t.events == steps + 1
+    assert t.hi == pytest.approx(20)
+    assert t.pace < 20 * MIN_CEILING_MARGIN
+
+
+def test_429s_of_one_wave_lower_the_pace_once():
+    fake = FakeTime()
+    t = throttle(fake, 20)
+    refused_at_the_ceiling(t, fake)
+    accept(t, fake, 2000, 0.0)  # minutes at the pace, all accepted: back to the ceiling
+    assert t.pace == pytest.approx(20)
+    events = t.events
     wave = [t.acquire() for _ in range(4)]
     for ticket in wave:
         t.throttled_for(ticket, 1.0)
-    assert t.events == 1
+    assert t.events == events + 1
     assert t.pace == pytest.approx(BETA * 20)
     assert t.hi == pytest.approx(20)
 
@@ -206,7 +239,8 @@ def test_a_first_429_from_unpaced_paces_at_what_the_server_accepted():
 def test_a_kept_pace_that_is_refused_is_the_new_upper_bound():
     fake = FakeTime()
     t = throttle(fake, 10)
-    accept(t, fake, 30, 0.0)
+    refused_at_the_ceiling(t, fake)
+    accept(t, fake, 2000, 0.0)
     t.throttled_for(t.acquire(), 0.5)
     assert t.hi == pytest.approx(10.0)
     assert t.pace == pytest.approx(BETA * 10.0)
@@ -250,6 +284,51 @@ def test_rate_share_keeps_the_pace_to_its_share_of_the_learned_limit():
     assert t.pace <= 0.5 * limit + 1e-9
 
 
+def test_many_threads_each_sleep_to_a_slot_of_their_own():
+    """Eight workers on the real clock: every slot reserved once, none closer than the pace
+    allows (a worker waking late never lets the next one in early)."""
+    t = Throttle(200.0)
+    sent: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            ticket = t.acquire()
+            with lock:
+                sent.append(ticket.sent_at)
+            time.sleep(0.01)
+            t.answered(ticket)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=30)
+    sent.sort()
+    assert len(sent) == 80
+    assert t._reserved == 0 and t._inflight == 0
+    slot = 1 / (200.0 * CEILING_MARGIN)
+    assert min(b - a for a, b in itertools.pairwise(sent)) >= slot * (1 - CATCH_UP) - 1e-4
+
+
+def test_a_429_voids_the_slots_reserved_before_it():
+    fake = FakeTime()
+    t = throttle(fake, 10)
+    first = t.acquire()
+    reserved = []
+
+    def sleeper(seconds: float) -> None:  # while asleep on its reserved slot, a 429 comes
+        if not reserved:
+            reserved.append(seconds)
+            t.throttled_for(first, 5.0)
+        fake.sleep(seconds)
+
+    t._sleep = sleeper
+    second = t.acquire()
+    assert second.probe  # it went after the gate, as the probe, not at its old slot
+    assert second.sent_at == pytest.approx(first.sent_at + 5.0)
+
+
 # -- announced limits ---------------------------------------------------------------------------
 
 
@@ -288,6 +367,45 @@ def test_an_exhausted_quota_holds_requests_until_the_reset():
     accept(t, fake, 1, 0.0, headers)
     ticket = t.acquire()
     assert ticket.sent_at == pytest.approx(1004.0)
+
+
+def test_a_late_slot_catches_up_in_full_while_the_server_counts_tokens_left():
+    fake = FakeTime()
+    t = throttle(fake)
+    headers = {"RateLimit-Limit": "50", "RateLimit-Remaining": "15", "RateLimit-Reset": "1",
+               "RateLimit-Policy": "50;w=1"}
+    accept(t, fake, 1, 0.01, headers)
+    a = t.acquire()
+    fake.advance(0.5 / (ANNOUNCED_MARGIN * 50))  # the next worker wakes half a slot late
+    b, c = t.acquire(), t.acquire()
+    slot = 1 / (ANNOUNCED_MARGIN * 50)
+    # b went late; c keeps the schedule (a + 2 slots), not b's lateness.
+    assert c.sent_at - a.sent_at == pytest.approx(2 * slot)
+    for ticket in (a, b, c):
+        t.answered(ticket)
+
+
+def test_without_tokens_left_a_late_slot_does_not_catch_up():
+    fake = FakeTime()
+    t = throttle(fake)
+    headers = {"RateLimit-Limit": "50", "RateLimit-Remaining": "0", "RateLimit-Reset": "1",
+               "RateLimit-Policy": "50;w=1"}
+    accept(t, fake, 1, 0.01, headers)
+    t.acquire()
+    slot = 1 / (ANNOUNCED_MARGIN * 50)
+    fake.advance(1.5 * slot)
+    b, c = t.acquire(), t.acquire()
+    assert c.sent_at - b.sent_at == pytest.approx(slot)  # a bucket of one: keep the distance
+
+
+def test_a_partial_first_window_is_spread_over_the_time_it_has_left():
+    fake = FakeTime()
+    t = throttle(fake)
+    headers = {"RateLimit-Limit": "300", "RateLimit-Remaining": "299", "RateLimit-Reset": "2",
+               "RateLimit-Policy": "300;w=5"}
+    accept(t, fake, 1, 0.0, headers)
+    a, b = t.acquire(), t.acquire()
+    assert 1 / (b.sent_at - a.sent_at) == pytest.approx(299 / 2, rel=0.02)  # not 60/s
 
 
 # -- configuration ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from tests.test_reliability import _count, _popen, _wait_until
 
 def test_overlapping_runs_never_sync_the_same_account_on_any_database(simulator, project,
                                                                      any_database_url, engine_for):
-    sim = simulator(accounts=1, calls=20_000, latency_ms=15, seed=41)  # a sync of a few seconds
+    sim = simulator(accounts=1, calls=20_000, latency_ms=35, seed=41)  # a sync of a few seconds
     auth_id = sim.accounts[0].auth_id
     proj = project(sim, any_database_url, api={"concurrency": 1})
     proj.run("migrate", check=True)
