@@ -9,7 +9,11 @@ slot before every request and reports the answer; 429s never reach the retry pol
 How it works
 ------------
 *Slots.* `acquire()` hands out send times spaced `1 / pace` apart, across all threads (pace =
-None: no spacing, only `[api].concurrency` bounds the flow). Unused time is not banked.
+None: no spacing, only `[api].concurrency` bounds the flow). Each thread reserves its slot and
+sleeps until it, so no two wake for the same slot; a 429 voids every reservation made before
+it. Unused time is not banked, and a thread that wakes late never lets the next one in closer
+than `(1 - CATCH_UP)` of a slot (a bucket of one refuses a request that arrives early), unless
+the server's own count (Remaining, a window's quota) says more than one request could go now.
 
 *Gate.* A 429 closes the gate for every thread until its `Retry-After` (seconds or HTTP date,
 capped by `[api].retry_after_max`; without one: 1 s, doubling while nothing is accepted, up to
@@ -19,19 +23,26 @@ the same event: they may extend the gate, but lower the pace only once.
 
 *The pace*, from the most trusted source to the least:
 
-1. `[api].requests_per_second` (the *ceiling*) is never exceeded.
+1. `[api].requests_per_second` (the *ceiling*) is never exceeded: it is paced at
+   `CEILING_MARGIN` of it (arrivals jitter by a millisecond or so). A 429 at the ceiling first
+   widens that margin (`_widened`: by `MARGIN_STEP`, or to keep `JITTER` between two slots
+   when that is more), down to `MIN_CEILING_MARGIN`; refused beyond that, the
+   account's real limit is lower (its own traffic) and the pace is learned as in 3.
 2. *Announced* limits: `RateLimit-Limit/Remaining/Reset` (IETF draft; `RateLimit-Policy` or a
    `;w=` parameter gives the window) or `X-RateLimit-Limit/Remaining/Reset` (Reset as delta
    seconds or as an epoch timestamp). The pace is `rate_share * limit / window` (the window is
    learned as the longest Reset seen when not announced). For windows of 2 s or more the pace
-   is also never more than the remaining quota spread evenly until the reset, and when our
+   is the remaining quota spread evenly until the reset (with `rate_share < 1`, or after a
+   429 despite the headers, never more than the pace above), and when our
    estimate of the remaining quota (the last announced Remaining less what we sent since)
    reaches zero, the gate stays shut until the reset, so a known limit is never overrun. (A
    1-second quota is a token bucket in whole seconds: its Reset says when it is full again.)
 3. *Learned* limits (nothing announced): AIMD with a memory and a CUBIC-style probe.
    - Cold start: unpaced, but at most 1 request in flight, one more per answer (it doubles
      every round trip, as TCP's slow start), until the first 429 or 64 in flight; so the
-     first wave of 429s is small.
+     first wave of 429s is small. Sends are spread over the quickest answer time (window
+     requests per round trip, evenly), so the first 429 comes near the rate refused, not from
+     two requests sent in the same millisecond.
    - On a 429 event (multiplicative decrease), `hi` (the limit estimate) becomes the pace the
      server refused: the pace kept, or, from the cold start, the answers accepted per second
      of open gate. The pace drops to at most `BETA * hi`, and as far as what the server let
@@ -95,8 +106,11 @@ ANNOUNCED_MARGIN = 0.98
 CEILING_MARGIN = 0.985
 # 429s at the ceiling lower that share by MARGIN_STEP each, down to this; below it the pace is
 # learned (the account's own traffic leaves less than the ceiling).
-MIN_CEILING_MARGIN = 0.91
-# Each 429 despite an announced limit lowers that share by MARGIN_STEP, down to MIN_MARGIN.
+MIN_CEILING_MARGIN = 0.85
+# Each 429 despite an announced limit lowers that share by MARGIN_STEP, down to MIN_MARGIN;
+# or, when more, by what keeps JITTER seconds (doubled with each such 429) between two slots at
+# the limit: a millisecond of arrival jitter is 5 % of a slot at 50 req/s, 0.5 % at 5 req/s.
+JITTER = 0.002
 MARGIN_STEP = 0.02
 MIN_MARGIN = 0.85
 # Announced windows at least this long (seconds) also bound the remaining quota until the reset.
@@ -120,6 +134,12 @@ DEFAULT_PAUSE = 1.0
 MAX_DEFAULT_PAUSE = 30.0
 
 
+def _widened(margin: float, rate: float, refusals: int) -> float:
+    """The share of a stated limit to pace at after `refusals` 429s at it."""
+    jitter = JITTER * 2 ** (refusals - 1)
+    return min(margin - MARGIN_STEP, 1 / (1 + jitter * rate))
+
+
 class ThrottleExhausted(APIError):
     """The server kept answering 429 for longer than `[api].max_throttle_seconds` in total."""
 
@@ -132,6 +152,7 @@ class Announced:
     remaining: int | None
     reset: float | None  # seconds from the response until the quota resets
     window: float | None  # the quota's window in seconds, when the server names it
+    whole_seconds: bool = False  # Reset came in whole seconds (delta or epoch), rounded up
 
 
 _INT = re.compile(r"^\s*(\d+)")
@@ -159,6 +180,7 @@ def parse_rate_headers(headers: Mapping[str, str], wall_now: float | None = None
         remaining = _first_int(headers.get(prefix + "Remaining"))
         reset: float | None = None
         raw_reset = headers.get(prefix + "Reset")
+        whole = raw_reset is not None and raw_reset.strip().isdigit()
         if raw_reset is not None:
             try:
                 value = float(raw_reset.strip())
@@ -168,7 +190,7 @@ def parse_rate_headers(headers: Mapping[str, str], wall_now: float | None = None
                 if value > _EPOCH_THRESHOLD:
                     value -= time.time() if wall_now is None else wall_now
                 reset = max(0.0, value)
-        return Announced(limit, remaining, reset, _policy_window(headers, prefix, limit))
+        return Announced(limit, remaining, reset, _policy_window(headers, prefix, limit), whole)
     return None
 
 
@@ -230,6 +252,7 @@ class Throttle:
         self.announced: Announced | None = None
         self._margin = ANNOUNCED_MARGIN
         self._ceiling_margin = CEILING_MARGIN
+        self._margin_refusals = 0  # 429s at a stated limit (announced or the ceiling)
         self._at_ceiling = bool(self.ceiling)  # the pace is the ceiling's, not a learned one
         self._remaining: int | None = None  # the last announced Remaining...
         self._remaining_seq = 0  # ...and the sequence number of the request it answered
@@ -535,18 +558,26 @@ class Throttle:
         return count / max(now - since, MIN_SPAN)
 
     def _decrease(self, now: float) -> None:
-        if self.announced is not None and (self.announced.window or self._announced_window):
+        window = self.announced.window or self._announced_window if self.announced else None
+        if self.announced is not None and window:
             # The server states its limit, yet refused: arrivals bunch up more than the margin
-            # allows (a burst of one). Widen the margin a little each time.
-            self._margin = max(MIN_MARGIN, self._margin - MARGIN_STEP)
+            # allows (a burst of one). Keep more distance each time.
+            self._margin_refusals += 1
+            rate = self.share * self.announced.limit / window
+            self._margin = max(MIN_MARGIN, _widened(self._margin, rate, self._margin_refusals))
             return
         if self._at_ceiling:
-            if self._ceiling_margin - MARGIN_STEP >= MIN_CEILING_MARGIN - 1e-9:
+            self._margin_refusals += 1
+            margin = _widened(self._ceiling_margin, self.ceiling, self._margin_refusals)
+            if margin >= MIN_CEILING_MARGIN - 1e-9:
                 # Refused at the configured ceiling: most likely arrivals bunched a little (a
-                # bucket of one); keep a little more distance from it.
-                self._ceiling_margin -= MARGIN_STEP
+                # bucket of one); keep more distance from it.
+                self._ceiling_margin = margin
                 return
-            self._at_ceiling = False  # refused again and again: the limit is lower; learn it
+            # Refused again and again: the limit is lower (the account's own traffic takes
+            # its share); learn it, the ceiling back at its first margin above it.
+            self._at_ceiling = False
+            self._ceiling_margin = CEILING_MARGIN
         self._trim(now)
         active = max(now - self._opened_at, 1e-3)
         accepted = self._since_open
@@ -618,8 +649,12 @@ class Throttle:
         if ann.remaining is not None and ticket.seq >= self._remaining_seq:
             self._remaining, self._remaining_seq = ann.remaining, ticket.seq
         if ann.reset is not None and ann.window is None:
+            # A Reset in whole seconds is rounded up: the quota resets up to a second sooner
+            # than it says, so the window is at least Reset - 1 (taking Reset itself would
+            # read a one-second quota as up to two seconds, and pace at half its rate).
             longest = self._announced_window or 0.0
-            self._announced_window = max(longest, ann.reset, 1.0)
+            least = ann.reset - 1.0 if ann.whole_seconds else ann.reset
+            self._announced_window = max(longest, least, 1.0)
         if first:
             # The pace bounds the flow from now on, not the cold-start window; and the next
             # slot keeps that pace from the last request sent before the limit was known.

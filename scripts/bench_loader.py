@@ -57,6 +57,7 @@ from etl.db import make_engine  # noqa: E402
 from etl.loader import LoadCounts, in_transaction, save_rejects, upsert_calls, utcnow  # noqa: E402
 from etl.migrate import upgrade  # noqa: E402
 from etl.records import CallRow, Reject, parse_call  # noqa: E402
+from etl.runner import _PAGES_PER_TRANSACTION  # noqa: E402
 from etl.simulator import Simulator  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/vox_bench_loader"
@@ -171,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--targets", default="sqlite,postgresql")
-    parser.add_argument("--pages-per-transaction", default="4",
-                        help="comma-separated page counts per transaction")
+    parser.add_argument("--pages-per-transaction", default=str(_PAGES_PER_TRANSACTION),
+                        help="comma-separated page counts per transaction (default: etl "
+                             "sync's own, %(default)s)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each load; the fastest is printed")
     parser.add_argument("--startup-runs", type=int, default=20,

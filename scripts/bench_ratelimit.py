@@ -223,12 +223,17 @@ def cells(quick: bool) -> list[Cell]:
     out.append(Cell("window", "300 per 5 s, 100ms, headers ietf", 60, None, 100, 8,
                     {"window_limit": 300, "window_seconds": 5, "rate_headers": "ietf"},
                     targets=">=95%, no 429 after 1 s"))
+    out.append(Cell("window", "300 per 5 s, 100ms, headers x", 60, None, 100, 8,
+                    {"window_limit": 300, "window_seconds": 5, "rate_headers": "x"},
+                    targets=">=95%, no 429 after 1 s"))
     for limit, burst, latency, headers in ((20, 5, 100, "ietf"), (50, 20, 50, "x"),
-                                           (5, 1, 300, "both")):
+                                           (5, 1, 300, "both"), (50, 1, 150, "ietf"),
+                                           (20, 20, 300, "x")):
         out.append(Cell("headers", f"{limit}/s b{burst} {latency}ms {headers}", limit, burst,
                         latency, 8, {"rate_limit": limit, "rate_headers": headers},
                         targets=">=95%, no 429 after 1 s"))
-    for limit, burst, latency in ((20, 5, 100), (50, 10, 100), (5, 1, 50)):
+    for limit, burst, latency in ((20, 5, 100), (50, 10, 100), (5, 1, 50), (50, 1, 150),
+                                  (20, 20, 300)):
         out.append(Cell("configured", f"{limit}/s b{burst} {latency}ms rps={limit}", limit, burst,
                         latency, 8, {"rate_limit": limit}, {"requests_per_second": limit},
                         targets=">=97%, no 429"))

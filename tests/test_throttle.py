@@ -25,12 +25,14 @@ from etl.throttle import (
     BETA,
     CATCH_UP,
     CEILING_MARGIN,
+    JITTER,
     MARGIN_STEP,
     MIN_CEILING_MARGIN,
     SETTLED,
     Announced,
     Throttle,
     ThrottleExhausted,
+    _widened,
     parse_rate_headers,
 )
 from tests.helpers import assert_matches_simulator
@@ -154,14 +156,27 @@ def test_a_429_at_the_ceiling_first_keeps_a_little_more_distance_from_it():
     assert t.hi is None  # nothing learned: the ceiling's margin widened
     t.answered(t.acquire())  # the probe
     a, b = t.acquire(), t.acquire()
-    assert 1 / (b.sent_at - a.sent_at) == pytest.approx(20 * (CEILING_MARGIN - MARGIN_STEP))
+    assert 1 / (b.sent_at - a.sent_at) == pytest.approx(20 * _widened(CEILING_MARGIN, 20, 1))
     t.answered(a)
     t.answered(b)
     refused_at_the_ceiling(t, fake)  # refused again and again: the limit is lower
-    steps = int((CEILING_MARGIN - MIN_CEILING_MARGIN) / MARGIN_STEP + 1e-9)
-    assert t.events == steps + 1
+    margins = [CEILING_MARGIN]
+    while _widened(margins[-1], 20, len(margins)) >= MIN_CEILING_MARGIN:
+        margins.append(_widened(margins[-1], 20, len(margins)))
+    assert t.events == len(margins)  # each margin refused once, then the pace is learned
     assert t.hi == pytest.approx(20)
     assert t.pace < 20 * MIN_CEILING_MARGIN
+
+
+def test_at_a_fast_ceiling_a_429_keeps_twice_the_jitter_between_slots():
+    fake = FakeTime()
+    t = throttle(fake, 50)
+    accept(t, fake, 100, 0.0)
+    t.throttled_for(t.acquire(), 1.0)
+    t.answered(t.acquire())  # the probe
+    a, b = t.acquire(), t.acquire()
+    # A bucket of one at 50 req/s: 2 ms more than a slot at the limit, not 2 % less pace.
+    assert b.sent_at - a.sent_at == pytest.approx(1 / 50 + JITTER)
 
 
 def test_429s_of_one_wave_lower_the_pace_once():
@@ -335,13 +350,13 @@ def test_a_429_voids_the_slots_reserved_before_it():
 def test_ietf_headers_with_a_policy_window_are_read():
     ann = parse_rate_headers({"RateLimit-Limit": "300", "RateLimit-Remaining": "120",
                               "RateLimit-Reset": "3", "RateLimit-Policy": "300;w=5"})
-    assert ann == Announced(300, 120, 3.0, 5.0)
+    assert ann == Announced(300, 120, 3.0, 5.0, whole_seconds=True)
 
 
 def test_x_ratelimit_reset_as_an_epoch_timestamp_is_seconds_from_now():
     ann = parse_rate_headers({"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0",
                               "X-RateLimit-Reset": "1700000042"}, wall_now=1700000000.0)
-    assert ann == Announced(60, 0, 42.0, None)
+    assert ann == Announced(60, 0, 42.0, None, whole_seconds=True)
 
 
 @pytest.mark.parametrize("headers", [{}, {"RateLimit-Limit": "lots"}, {"X-RateLimit-Limit": "0"}])
@@ -396,6 +411,19 @@ def test_without_tokens_left_a_late_slot_does_not_catch_up():
     fake.advance(1.5 * slot)
     b, c = t.acquire(), t.acquire()
     assert c.sent_at - b.sent_at == pytest.approx(slot)  # a bucket of one: keep the distance
+
+
+def test_a_reset_in_whole_seconds_reads_a_one_second_quota_as_one_second():
+    fake = FakeTime()
+    t = throttle(fake)
+    # X-RateLimit-Reset as an epoch second, rounded up: 1.6 s away although the bucket is full
+    # again in 0.6 s.
+    headers = {"X-RateLimit-Limit": "50", "X-RateLimit-Remaining": "0",
+               "X-RateLimit-Reset": str(int(1e9 + fake.now) + 2)}
+    fake.now = int(fake.now) + 0.4
+    accept(t, fake, 1, 0.0, headers)
+    a, b = t.acquire(), t.acquire()
+    assert 1 / (b.sent_at - a.sent_at) == pytest.approx(ANNOUNCED_MARGIN * 50)
 
 
 def test_a_partial_first_window_is_spread_over_the_time_it_has_left():
