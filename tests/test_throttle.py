@@ -26,7 +26,6 @@ from etl.throttle import (
     CATCH_UP,
     CEILING_MARGIN,
     JITTER,
-    MARGIN_STEP,
     MIN_CEILING_MARGIN,
     SETTLED,
     Announced,
