@@ -316,7 +316,7 @@ class _ReadAhead:
             for batch in self._source:
                 if not self._put(batch):
                     return
-                if batch.flush and not self._wait(self._resume):
+                if batch.flush and not self._resumed():
                     return
             self._put(self._END)
         except BaseException as exc:  # handed to the loader's thread, raised there
@@ -326,11 +326,12 @@ class _ReadAhead:
             if close is not None:
                 close()
 
-    def _wait(self, event: threading.Event) -> bool:
-        while not event.wait(0.05):
+    def _resumed(self) -> bool:
+        """Wait until the loader has committed the flush batch; False if it left instead."""
+        while not self._resume.wait(0.05):
             if self._closing.is_set():
                 return False
-        event.clear()
+        self._resume.clear()
         return not self._closing.is_set()
 
     def _put(self, item: object) -> bool:
@@ -418,9 +419,20 @@ def run_accounts(
     run_id = new_run_id()
     accounts = list(accounts)
     stop = stop or stopping.StopToken()
+
+    def one(account: Account) -> AccountResult:
+        result = AccountRun(engine, config, account, job, run_id, progress=progress,
+                            stop=stop).run(wait=wait)
+        if on_result is not None:
+            on_result(result)
+        return result
+
     with _prompt_wakeups():
-        return _run_all(engine, config, accounts, job, run_id, jobs, wait, progress, on_result,
-                        stop)
+        if jobs <= 1 or len(accounts) <= 1:
+            return [one(a) for a in accounts]
+        workers = min(jobs, len(accounts))
+        with ThreadPoolExecutor(workers, thread_name_prefix="account") as pool:
+            return list(pool.map(one, accounts))
 
 
 # A paced worker must wake on time: slots are 20 ms apart at 50 req/s, and with Python's default
@@ -437,30 +449,4 @@ def _prompt_wakeups() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
-
-
-def _run_all(
-    engine: Engine,
-    config: Config,
-    accounts: list[Account],
-    job: Job,
-    run_id: str,
-    jobs: int,
-    wait: bool,
-    progress: Progress | None,
-    on_result: Callable[[AccountResult], None] | None,
-    stop: stopping.StopToken,
-) -> list[AccountResult]:
-
-    def one(account: Account) -> AccountResult:
-        result = AccountRun(engine, config, account, job, run_id, progress=progress,
-                            stop=stop).run(wait=wait)
-        if on_result is not None:
-            on_result(result)
-        return result
-
-    if jobs <= 1 or len(accounts) <= 1:
-        return [one(a) for a in accounts]
-    with ThreadPoolExecutor(min(jobs, len(accounts)), thread_name_prefix="account") as pool:
-        return list(pool.map(one, accounts))
 

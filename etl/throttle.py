@@ -257,8 +257,7 @@ class Throttle:
         self._remaining: int | None = None  # the last announced Remaining...
         self._remaining_seq = 0  # ...and the sequence number of the request it answered
         self._announced_window: float | None = None
-        self._quota: int | None = None  # what we may still send before `_quota_reset_at`
-        self._quota_seq = 0  # the sequence number `_quota` was counted at
+        self._windowed = False  # Remaining counts a window's quota, reset at `_quota_reset_at`
         self._quota_reset_at = 0.0
         # Slots and gate.
         self._next = 0.0
@@ -308,14 +307,14 @@ class Throttle:
         ann = self.announced
         if ann is None:
             return None
-        window = ann.window or self._announced_window
+        window = self._stated_window()
         pace = None
         if window:
             pace = self._margin * self.share * ann.limit / window
-        if self._quota is not None and now < self._quota_reset_at:
+        if self._quota_open(now):
             left = self._quota_reset_at - now
             if left > 0.05:
-                spread = max(self._quota_left(), 0) / left
+                spread = max(self._left(), 0) / left
                 if self.share >= 1 and self._margin >= ANNOUNCED_MARGIN:
                     # The whole quota is ours and the server's count has held so far: what is
                     # left of this window, spread over the time until it resets, is the pace
@@ -325,17 +324,25 @@ class Throttle:
                     pace = spread if pace is None else min(pace, max(spread, FLOOR))
         return pace
 
-    def _ahead(self) -> int:
-        """Requests the server's last count says could go at once (0 when unknown)."""
-        if self._quota is not None and self._clock() < self._quota_reset_at:
-            return self._quota_left()
+    def _stated_window(self) -> float | None:
+        """The announced quota's window in seconds: named by the server, else learned."""
+        if self.announced is None:
+            return None
+        return self.announced.window or self._announced_window
+
+    def _left(self) -> int:
+        """Requests the server's last count says could go at once: its Remaining less what
+        was sent after the request it answered (0 when unknown)."""
         if self._remaining is None:
             return 0
         return self._remaining - (self._seq - self._remaining_seq)
 
-    def _quota_left(self) -> int:
-        assert self._quota is not None
-        return self._quota - (self._seq - self._quota_seq)
+    def _quota_open(self, now: float) -> bool:
+        """Whether Remaining counts a window's quota whose reset is still ahead."""
+        return self._windowed and now < self._quota_reset_at
+
+    def _quota_spent(self, now: float) -> bool:
+        return self._quota_open(now) and self._left() <= 0
 
     # -- slots --------------------------------------------------------------------------------
 
@@ -370,8 +377,7 @@ class Throttle:
                         self._cond.wait(timeout=0.05)
                         continue
                     start = max(now, self._gate)
-                    if (self._quota is not None and self._quota_left() <= 0
-                            and now < self._quota_reset_at):
+                    if self._quota_spent(now):
                         start = max(start, self._quota_reset_at)
                     if start > now:
                         self._sleep_unlocked(start - now)
@@ -404,7 +410,7 @@ class Throttle:
         """The least time between two sends: a slot less what a late slot may catch up; in
         the cold start, the quickest answer's time spread over the window (requests sent in
         pairs would meet a bucket of one as a limit far below the real one)."""
-        if self._seq == 0 or self._ahead() > 1:
+        if self._seq == 0 or self._left() > 1:
             return 0.0
         cap = self._cap()
         if cap:
@@ -424,7 +430,7 @@ class Throttle:
         # than one request could go now).
         interval = 1.0 / cap
         planned = max(self._next, self._gate)
-        catch_up = CATCH_UP_AHEAD if self._ahead() > 1 else CATCH_UP
+        catch_up = CATCH_UP_AHEAD if self._left() > 1 else CATCH_UP
         base = planned if planned >= now - catch_up * interval else now
         self._next = base + interval
         return base
@@ -507,7 +513,7 @@ class Throttle:
                 pause = min(MAX_DEFAULT_PAUSE, DEFAULT_PAUSE * 2 ** max(0, self._pause_streak - 1))
             else:
                 pause = retry_after
-            if self._quota is not None and self._quota_left() <= 0 and self._quota_reset_at > now:
+            if self._quota_spent(now):
                 pause = max(pause, self._quota_reset_at - now)
             until = now + pause
             if until > self._gate:
@@ -558,7 +564,7 @@ class Throttle:
         return count / max(now - since, MIN_SPAN)
 
     def _decrease(self, now: float) -> None:
-        window = self.announced.window or self._announced_window if self.announced else None
+        window = self._stated_window()
         if self.announced is not None and window:
             # The server states its limit, yet refused: arrivals bunch up more than the margin
             # allows (a burst of one). Keep more distance each time.
@@ -662,16 +668,14 @@ class Throttle:
             cap = self._cap()
             if cap:
                 self._next = max(self._next, self._last_sent + 1.0 / cap)
-        window = ann.window or self._announced_window or 0.0
-        if window < QUOTA_WINDOW:
+        if (self._stated_window() or 0.0) < QUOTA_WINDOW:
             # A one-second quota is a token bucket described in whole seconds (Reset is when
             # it is full again): the pace alone is the right reading.
-            self._quota = None
+            self._windowed = False
             return
-        if ann.remaining is not None and ann.reset is not None and ticket.seq >= self._quota_seq:
-            # Requests sent after this one are not in the server's count yet.
-            self._quota = ann.remaining
-            self._quota_seq = ticket.seq
+        if ann.remaining is not None and ann.reset is not None and ticket.seq == self._remaining_seq:
+            # The newest count (requests sent after this one are not in it yet).
+            self._windowed = True
             # Reset comes in whole seconds, rounded up: within one window the earliest
             # reading is the closest to the truth.
             reset_at = now + ann.reset

@@ -112,12 +112,15 @@ def main() -> int:
         try:
             import psycopg2  # noqa: F401
 
-            credentials = url.replace("postgresql+psycopg://", "postgresql://", 1)
-            if "@" in credentials and ":" not in credentials.split("//", 1)[1].split("@", 1)[0]:
+            from sqlalchemy.engine import make_url
+
+            parsed = make_url(url).set(drivername="postgresql")
+            if parsed.password is None:
                 # dlt's postgres destination insists on a password; a server with trust
                 # authentication (the bench's) ignores whatever is given.
-                credentials = credentials.replace("@", ":unused@", 1)
-            destination = dlt.destinations.postgres(credentials=credentials)
+                parsed = parsed.set(password="unused")
+            destination = dlt.destinations.postgres(
+                credentials=parsed.render_as_string(hide_password=False))
             used = "postgres (psycopg2)"
         except ImportError:
             destination = dlt.destinations.sqlalchemy(credentials=url)
