@@ -183,12 +183,18 @@ class VoxClient:
     def _get_once(self, params: dict[str, str]) -> Page:
         """One attempt: sent again after every 429 until the server answers something else."""
         timeout = (min(self.api.timeout, 10.0), self.api.timeout)
+        session = self.session
         while True:
+            # Prepared before the slot is taken, so that little runs between the slot and the
+            # wire: the time spent there varies with the other threads' work, and a request sent
+            # late lets the next one arrive early, which a small bucket refuses.
+            request = session.prepare_request(requests.Request("GET", self.url, params=params))
+            settings = session.merge_environment_settings(request.url, {}, None, None, None)
             ticket = self.throttle.acquire()
             with self._count_lock:
                 self.requests += 1
             try:
-                response = self.session.get(self.url, params=params, timeout=timeout)
+                response = session.send(request, timeout=timeout, allow_redirects=True, **settings)
             except BaseException:
                 self.throttle.failed(ticket)
                 raise

@@ -45,18 +45,20 @@ the same event: they may extend the gate, but lower the pace only once.
      two requests sent in the same millisecond.
    - On a 429 event (multiplicative decrease), `hi` (the limit estimate) becomes the pace the
      server refused: the pace kept, or, from the cold start, the answers accepted per second
-     of open gate. The pace drops to at most `BETA * hi`, and as far as what the server let
-     through (`lower`: per wall second over the last `window` seconds, or per second beyond
-     the burst that a pause refills, the burst being what the cold start got before its
-     first 429), but no further than `KEPT_BETA * hi` after a kept pace, or `FAST_BETA * hi`
-     after a cold start or a 429 within `SETTLED` answers of the gate reopening (both say
-     the pace was far too high). With nothing accepted at all, the pace starts at 1 req/s and
-     doubles every second.
-   - Without a 429, every `CONFIRM` second: while `hi` is only the cold start's guess, the
-     pace grows by half; otherwise it holds where the decrease left it for `HOLD` s (doubling
-     with every event, at most `MAX_HOLD`), then probes above along a cubic, +1% after
-     `PROBE_AFTER` s, +8% after twice that: a limit just above costs a rare 429, one far above
-     is found within seconds.
+     of open gate, but never more than one request per the time between the refused request
+     and the one sent before it (whatever its size, the bucket was empty after that long).
+     From the cold start the pace is `BETA * hi`. After a kept pace it drops to at most
+     `BETA * hi`, and as far as what the server let through (`lower`: per wall second over
+     the last `window` seconds; per second beyond the burst that a pause refills, the burst
+     being what the cold start got before its first 429; or the pace the last growth step
+     started from, which the server took for a whole confirm period), but no further than
+     `KEPT_BETA * hi`. With nothing accepted at all, the pace starts at 1 req/s and doubles
+     every second.
+   - Without a 429, every `CONFIRM` second of open gate (a closed gate confirms nothing):
+     while `hi` is only the cold start's guess, the pace grows by `UNSURE_GROWTH`; otherwise
+     it holds where the decrease left it for `HOLD` s (doubling with every event, at most
+     `MAX_HOLD`), then probes above along a cubic, +1% after `PROBE_AFTER` s, +8% after
+     twice that: a limit just above costs a rare 429, one far above is found within seconds.
    - `rate_share < 1` caps the pace at `rate_share * hi` and stops probing beyond it, leaving
      the rest of the account's budget to the customer's own traffic.
    The `window` (10 s) is long enough to cover window-style limits such as 300 per 5 s.
@@ -81,13 +83,10 @@ from dataclasses import dataclass
 from .errors import APIError
 
 # Multiplicative decrease after a 429 event, as a share of the pace the server refused (at
-# most; see _decrease); the fast one when the 429 came within SETTLED accepted answers of the
-# gate reopening, or after the cold start.
+# most; see _decrease).
 BETA = 0.9
-FAST_BETA = 0.5
 # The deepest decrease after a kept pace is refused, when little came through beyond the burst.
 KEPT_BETA = 0.7
-SETTLED = 8
 # The pace after a 429 when nothing was ever accepted, doubled every confirm period until the
 # next 429 (slow start).
 START_PACE = 1.0
@@ -95,7 +94,7 @@ START_PACE = 1.0
 STEP_NEAR = 0.01
 PROBE_AFTER = 3.0
 # Growth per confirm period while the only estimate is a cold start's guess.
-UNSURE_GROWTH = 1.5
+UNSURE_GROWTH = 1.25
 # Seconds held under a refused pace before probing above it: doubles with every 429 event.
 HOLD = 3.0
 MAX_HOLD = 30.0
@@ -219,6 +218,7 @@ class Ticket:
     seq: int
     probe: bool = False
     done: bool = False
+    gap: float = math.inf  # seconds since the request sent before it
 
 
 class Throttle:
@@ -277,6 +277,7 @@ class Throttle:
         self._last_sent = 0.0
         self._window: int | None = None if self.ceiling else 1
         self._held_pace: float | None = None  # the pace a probe above the estimate started at
+        self._good: float | None = None  # the pace before the last growth step, kept CONFIRM s
         self._opened_at = 0.0  # when the gate last reopened (or the first request)
         self._burst: int | None = None  # answers accepted before the first 429
         self._hi_firm = False  # whether `hi` is a pace that was kept and refused
@@ -410,8 +411,8 @@ class Throttle:
         """The least time between two sends: a slot less what a late slot may catch up; in
         the cold start, the quickest answer's time spread over the window (requests sent in
         pairs would meet a bucket of one as a limit far below the real one)."""
-        if self._seq == 0 or self._left() > 1:
-            return 0.0
+        if self._seq == 0 or self._left() > 1 or self._event_at >= self._last_sent:
+            return 0.0  # nothing sent yet, tokens left, or a 429 since: the gate spaces it
         cap = self._cap()
         if cap:
             return (1 - CATCH_UP) / cap
@@ -433,13 +434,16 @@ class Throttle:
         catch_up = CATCH_UP_AHEAD if self._left() > 1 else CATCH_UP
         base = planned if planned >= now - catch_up * interval else now
         self._next = base + interval
-        return base
+        # A thread before this one may have taken its slot late: this one keeps its distance
+        # from that send, not from the plan (the schedule itself stays on the plan).
+        return max(base, self._last_sent + self._min_gap())
 
     def _take(self, now: float) -> Ticket:
+        gap = now - self._last_sent if self._seq else math.inf
         self._seq += 1
         self._inflight += 1
         self._last_sent = now
-        ticket = Ticket(now, self._seq)
+        ticket = Ticket(now, self._seq, gap=gap)
         if self._first_sent is None:
             self._first_sent = self._opened_at = now
         if self._probe_wanted:
@@ -506,7 +510,7 @@ class Throttle:
                 self.events += 1
                 self._event_at = now
                 if not ticket.probe:
-                    self._decrease(now)
+                    self._decrease(now, ticket)
             if retry_after is None:
                 if not same_event:
                     self._pause_streak += 1
@@ -563,7 +567,7 @@ class Throttle:
         count = sum(1 for t in self._accepted if t >= since)
         return count / max(now - since, MIN_SPAN)
 
-    def _decrease(self, now: float) -> None:
+    def _decrease(self, now: float, ticket: Ticket) -> None:
         window = self._stated_window()
         if self.announced is not None and window:
             # The server states its limit, yet refused: arrivals bunch up more than the margin
@@ -587,38 +591,47 @@ class Throttle:
         self._trim(now)
         active = max(now - self._opened_at, 1e-3)
         accepted = self._since_open
-        if self._burst is None:
+        burst = self._burst
+        cold = burst is None
+        if burst is None:
             self._burst = accepted  # the first run holds the whole burst (and a little more)
             refused = self.pace if self.pace is not None else accepted / active
+            # Whatever the bucket's size, it was empty when this request came, this long
+            # after the one before it: the limit is below one request per that gap.
+            refused = min(refused, 1.0 / ticket.gap) if ticket.gap > 0 else refused
             lower = self.wall_pace(now) or 0.0
         else:
             refused = self.pace if self.pace is not None else accepted / active
             # After a pause the bucket refills; what came through beyond that is the rate.
-            corrected = (accepted - self._burst) / active if active >= 0.5 else 0.0
+            corrected = (accepted - burst) / active if active >= 0.5 else 0.0
             lower = max(self.wall_pace(now) or 0.0, corrected)
+        good, self._good = self._good, None
+        if good is not None and not cold and self.pace is not None and good < self.pace:
+            # The pace was raised from one the server took for a whole confirm period: the
+            # limit is at least about that (a bucket that large would have been drained).
+            lower = max(lower, good)
         self._changed_at = now
         self._held_pace = None
         if refused <= 0 or not math.isfinite(refused):
             self.hi = None  # nothing learned: start slowly and double (slow start)
-            self.pace = max(FLOOR, START_PACE if self.pace is None else self.pace * FAST_BETA)
+            self.pace = START_PACE
             return
         if self.ceiling:
             refused = min(refused, self.ceiling)
         # The pace refused is a firm upper bound only when it was a pace we kept.
         self._hi_firm = self.pace is not None
         self.hi = refused if self.hi is None else min(self.hi, refused)
-        # The limit lies between what came through (beyond the burst) and the pace refused;
-        # a 429 soon after the gate reopened, or a cold start's estimate (inflated by the
-        # burst it got), says the pace was far too high.
-        deepest = KEPT_BETA if self._hi_firm and accepted >= SETTLED else FAST_BETA
+        # The limit lies between what came through (beyond the burst) and the pace refused.
+        # A cold start's estimate is already the lesser of two readings of it.
+        deepest = BETA if cold else KEPT_BETA
         pace = min(BETA * refused, max(lower, deepest * refused))
         self.pace = max(FLOOR, pace)  # held there, then probed above
 
     def _grow(self, now: float) -> None:
         if self.pace is None or self.announced is not None:
             return
-        if now - self._changed_at < CONFIRM:
-            return
+        if now - max(self._changed_at, self._opened_at) < CONFIRM:
+            return  # a pace is confirmed by answers, not by a closed gate
         self._changed_at = now
         if self.hi is None:
             pace = 2 * self.pace  # slow start: no limit known yet
@@ -644,6 +657,8 @@ class Throttle:
             pace = min(pace, self.share * self.hi)
         if self.ceiling:
             pace = min(pace, self.ceiling)
+        if pace > self.pace:
+            self._good = self.pace
         self.pace = pace
 
     def _read_headers(self, ticket: Ticket, headers: Mapping[str, str], now: float) -> None:

@@ -27,7 +27,6 @@ from etl.throttle import (
     CEILING_MARGIN,
     JITTER,
     MIN_CEILING_MARGIN,
-    SETTLED,
     Announced,
     Throttle,
     ThrottleExhausted,
@@ -100,6 +99,27 @@ def test_idle_time_is_not_banked():
     assert second.sent_at - first.sent_at == pytest.approx(0.1 / CEILING_MARGIN)
 
 
+def test_a_slot_keeps_its_distance_from_a_send_that_went_late():
+    fake = FakeTime()
+    late = [0.0]
+
+    def sleep(seconds: float) -> None:  # the woken thread gets the processor late
+        fake.sleep(seconds + late[0])
+        late[0] = 0.0
+
+    t = Throttle(20, clock=fake.clock, sleep=sleep)
+    slot = 1 / (20 * CEILING_MARGIN)
+    a = t.acquire()
+    late[0] = 0.2 * slot
+    b = t.acquire()  # sleeps to its slot and wakes a fifth of a slot late
+    assert b.sent_at - a.sent_at == pytest.approx(1.2 * slot)
+    fake.now = a.sent_at + 2 * slot  # the next slot on the plan: due now
+    c = t.acquire()
+    # Not on the plan (a + 2 slots), which would bring it closer to b than a bucket of one
+    # allows, but a slot (less the catch-up) after b.
+    assert c.sent_at - b.sent_at == pytest.approx((1 - CATCH_UP) * slot)
+
+
 def test_a_429_closes_the_gate_for_every_request_until_retry_after():
     fake = FakeTime()
     t = throttle(fake, 10)
@@ -163,7 +183,8 @@ def test_a_429_at_the_ceiling_first_keeps_a_little_more_distance_from_it():
     while _widened(margins[-1], 20, len(margins)) >= MIN_CEILING_MARGIN:
         margins.append(_widened(margins[-1], 20, len(margins)))
     assert t.events == len(margins)  # each margin refused once, then the pace is learned
-    assert t.hi == pytest.approx(20)
+    # The limit is below what was sent when refused: the ceiling at its last margin.
+    assert t.hi == pytest.approx(20 * margins[-1], rel=0.02)
     assert t.pace < 20 * MIN_CEILING_MARGIN
 
 
@@ -196,7 +217,7 @@ def test_429s_of_one_wave_lower_the_pace_once():
 def test_a_failed_probe_does_not_lower_the_pace_again():
     fake = FakeTime()
     t = throttle(fake, 20)
-    accept(t, fake, SETTLED + 2, 0.01)
+    accept(t, fake, 10, 0.01)
     t.throttled_for(t.acquire(), 1.0)
     pace = t.pace
     probe = t.acquire()
@@ -248,6 +269,49 @@ def test_a_first_429_from_unpaced_paces_at_what_the_server_accepted():
     t.throttled_for(t.acquire(), 1.0)
     assert t.hi == pytest.approx(20.0, rel=0.05)
     assert t.pace == pytest.approx(BETA * t.hi)
+
+
+def test_a_cold_start_429_is_bounded_by_the_gap_before_the_refused_request():
+    fake = FakeTime()
+    t = throttle(fake)
+    accept(t, fake, 3, 0.1)  # one request per 100 ms: ten accepted per second of open gate
+    fake.advance(0.4)
+    ticket = t.acquire()  # half a second after the last one, refused
+    t.throttled_for(ticket, 1.0)
+    # Whatever the bucket's size, it was empty half a second after the request before: the
+    # limit is under 2 per second, though 6 per second were accepted until then.
+    assert t.hi == pytest.approx(2.0)
+    assert t.pace == pytest.approx(BETA * 2.0)
+
+
+def test_a_pace_raised_and_refused_falls_back_to_the_one_kept_before():
+    fake = FakeTime()
+    t = throttle(fake)
+    accept(t, fake, 20, 0.05)
+    t.throttled_for(t.acquire(), 1.0)  # the cold start's guess: the pace then grows
+    first = t.pace
+    paces = [first]
+    while len(paces) < 3:
+        accept(t, fake, 1, 0.01)
+        if t.pace != paces[-1]:
+            paces.append(t.pace)
+    assert paces[1] > paces[0] and paces[2] > paces[1]
+    t.throttled_for(t.acquire(), 1.0)  # the last step was refused...
+    assert t.hi == pytest.approx(paces[2], rel=0.02)
+    assert t.pace == pytest.approx(paces[1])  # ...the one before it held for a whole second
+
+
+def test_a_closed_gate_does_not_confirm_a_pace():
+    fake = FakeTime()
+    t = throttle(fake)
+    accept(t, fake, 20, 0.05)
+    t.throttled_for(t.acquire(), 1.0)
+    first = t.pace
+    t.throttled_for(t.acquire(), 5.0)  # the probe refused: nothing learned, a long pause
+    t.answered(t.acquire())  # the next probe, answered
+    assert t.pace == first  # five seconds shut are not five seconds of answers
+    accept(t, fake, 30, 0.05)
+    assert t.pace > first
 
 
 def test_a_kept_pace_that_is_refused_is_the_new_upper_bound():
@@ -494,6 +558,28 @@ def test_twenty_429s_then_the_page_with_two_attempts_allowed(sim_client):
     assert len(page.records) == 100
     assert (client.requests, client.throttled) == (21, 20)
     assert sim.stats()["by_status"] == {429: 20, 200: 1}
+
+
+def test_each_request_is_prepared_before_its_slot_is_taken(sim_client):
+    # Between the slot and the wire only the send itself runs: a request that goes late lets
+    # the next one arrive early, and a bucket of one refuses it.
+    sim, client, _ = sim_client()
+    sim.inject(sim.accounts[0].auth_id, 429)
+    order: list[str] = []
+    prepare, acquire, send = (client.session.prepare_request, client.throttle.acquire,
+                              client.session.send)
+
+    def spy(name: str, call: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            order.append(name)
+            return call(*args, **kwargs)
+        return wrapped
+
+    client.session.prepare_request = spy("prepare", prepare)
+    client.throttle.acquire = spy("slot", acquire)
+    client.session.send = spy("send", send)
+    client.fetch_page(1, per_page=10)
+    assert order == ["prepare", "slot", "send"] * 2  # the 429, then the page
 
 
 def test_errors_still_use_attempts_between_429s(sim_client):
