@@ -39,6 +39,7 @@ bench: $(BIN)/.dev
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_dynamics.py
 	$(BIN)/python scripts/bench_ratelimit.py
+	$(BIN)/python scripts/bench_spacing.py
 	$(BIN)/python scripts/bench_loader.py
 
 clean:
