@@ -41,8 +41,9 @@ the same event: they may extend the gate, but lower the pace only once.
    - Cold start: unpaced, but at most 1 request in flight, one more per answer (it doubles
      every round trip, as TCP's slow start), until the first 429 or 64 in flight; so the
      first wave of 429s is small. Sends are spread over the quickest answer time (window
-     requests per round trip, evenly), so the first 429 comes near the rate refused, not from
-     two requests sent in the same millisecond.
+     requests per round trip, evenly; past the window, one more than were ever in flight at
+     once), so the first 429 comes near the rate refused, not from two requests sent in the
+     same millisecond.
    - On a 429 event (multiplicative decrease), `hi` (the limit estimate) becomes the pace the
      server refused: the pace kept, or, from the cold start, the answers accepted per second
      of open gate, but never more than one request per the time between the refused request
@@ -274,6 +275,7 @@ class Throttle:
         # small, and stops mattering after a few round trips.
         self._inflight = 0
         self._rtt: float | None = None  # the quickest answer so far, in seconds
+        self._peak = 0  # the most requests ever in flight at once
         self._last_sent = 0.0
         self._window: int | None = None if self.ceiling else 1
         self._held_pace: float | None = None  # the pace a probe above the estimate started at
@@ -408,17 +410,23 @@ class Throttle:
             self._cond.acquire()
 
     def _min_gap(self) -> float:
-        """The least time between two sends: a slot less what a late slot may catch up; in
-        the cold start, the quickest answer's time spread over the window (requests sent in
-        pairs would meet a bucket of one as a limit far below the real one)."""
+        """The least time between two sends: a slot less what a late slot may catch up; while
+        unpaced, the quickest answer's time spread over one more request than were ever in
+        flight at once (and no more than the cold-start window): sends spread evenly at the
+        rate the workers could keep, which the window or the concurrency bounds anyway, instead
+        of two going together whenever two answers come back together (a bucket of one refuses
+        the second, and would read as a limit far below the real one)."""
         if self._seq == 0 or self._left() > 1 or self._event_at >= self._last_sent:
             return 0.0  # nothing sent yet, tokens left, or a 429 since: the gate spaces it
         cap = self._cap()
         if cap:
             return (1 - CATCH_UP) / cap
-        if self._window is not None and self._rtt is not None:
-            return self._rtt / self._window
-        return 0.0
+        if self._rtt is None:
+            return 0.0
+        spread = self._peak + 1
+        if self._window is not None:
+            spread = min(spread, self._window)
+        return self._rtt / spread
 
     def _reserve(self, now: float) -> float:
         """The next slot's time (now or later), advancing the schedule past it."""
@@ -442,6 +450,7 @@ class Throttle:
         gap = now - self._last_sent if self._seq else math.inf
         self._seq += 1
         self._inflight += 1
+        self._peak = max(self._peak, self._inflight)
         self._last_sent = now
         ticket = Ticket(now, self._seq, gap=gap)
         if self._first_sent is None:

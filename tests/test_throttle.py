@@ -120,6 +120,18 @@ def test_a_slot_keeps_its_distance_from_a_send_that_went_late():
     assert c.sent_at - b.sent_at == pytest.approx((1 - CATCH_UP) * slot)
 
 
+def test_unpaced_sends_spread_over_the_quickest_answer_not_in_pairs():
+    fake = FakeTime()
+    t = throttle(fake)
+    accept(t, fake, 70, 0.3)  # one at a time, 300 ms each: past the cold-start window
+    assert t.pace is None  # no limit met: unpaced
+    a, b, c = t.acquire(), t.acquire(), t.acquire()
+    # Three workers free at once go one more than were ever in flight apart over the
+    # quickest answer's time, not in the same millisecond (a bucket of one refuses that).
+    assert b.sent_at - a.sent_at == pytest.approx(0.3 / 2)
+    assert c.sent_at - b.sent_at == pytest.approx(0.3 / 3)
+
+
 def test_a_429_closes_the_gate_for_every_request_until_retry_after():
     fake = FakeTime()
     t = throttle(fake, 10)
