@@ -184,12 +184,13 @@ class VoxClient:
         """One attempt: sent again after every 429 until the server answers something else."""
         timeout = (min(self.api.timeout, 10.0), self.api.timeout)
         session = self.session
+        # What `Session.get` does, split so that little runs between the slot and the wire: the
+        # time spent there varies with the other threads' work, and a request sent late lets
+        # the next one arrive early, which a small bucket refuses. Each attempt is prepared
+        # afresh (cookies); the transport settings are the same for all of them.
+        settings = session.merge_environment_settings(self.url, {}, None, None, None)
         while True:
-            # Prepared before the slot is taken, so that little runs between the slot and the
-            # wire: the time spent there varies with the other threads' work, and a request sent
-            # late lets the next one arrive early, which a small bucket refuses.
             request = session.prepare_request(requests.Request("GET", self.url, params=params))
-            settings = session.merge_environment_settings(request.url, {}, None, None, None)
             ticket = self.throttle.acquire()
             with self._count_lock:
                 self.requests += 1

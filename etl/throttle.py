@@ -369,7 +369,7 @@ class Throttle:
                             continue
                         # A thread before it may have woken late: never closer than the
                         # pace allows (a bucket of one refuses a request that comes early).
-                        slot = max(slot, self._last_sent + self._min_gap())
+                        slot = max(slot, self._earliest())
                         if slot > now:
                             self._sleep_unlocked(slot - now)
                             continue
@@ -409,6 +409,10 @@ class Throttle:
         finally:
             self._cond.acquire()
 
+    def _earliest(self) -> float:
+        """The soonest the next request may go: the last send plus the least gap."""
+        return self._last_sent + self._min_gap()
+
     def _min_gap(self) -> float:
         """The least time between two sends: a slot less what a late slot may catch up; while
         unpaced, the quickest answer's time spread over one more request than were ever in
@@ -433,7 +437,7 @@ class Throttle:
         cap = self._cap()
         if not cap:
             self._next = now
-            return max(now, self._last_sent + self._min_gap())
+            return max(now, self._earliest())
         # Count from the slot's planned time, so a late wake-up does not slow the pace; idle
         # time is not banked beyond CATCH_UP of a slot (in full when the server says more
         # than one request could go now).
@@ -444,7 +448,7 @@ class Throttle:
         self._next = base + interval
         # A thread before this one may have taken its slot late: this one keeps its distance
         # from that send, not from the plan (the schedule itself stays on the plan).
-        return max(base, self._last_sent + self._min_gap())
+        return max(base, self._earliest())
 
     def _take(self, now: float) -> Ticket:
         gap = now - self._last_sent if self._seq else math.inf
@@ -600,25 +604,26 @@ class Throttle:
         self._trim(now)
         active = max(now - self._opened_at, 1e-3)
         accepted = self._since_open
+        refused = self.pace if self.pace is not None else accepted / active
         burst = self._burst
-        cold = burst is None
         if burst is None:
             self._burst = accepted  # the first run holds the whole burst (and a little more)
-            refused = self.pace if self.pace is not None else accepted / active
             # Whatever the bucket's size, it was empty when this request came, this long
-            # after the one before it: the limit is below one request per that gap.
-            refused = min(refused, 1.0 / ticket.gap) if ticket.gap > 0 else refused
-            lower = self.wall_pace(now) or 0.0
+            # after the one before it: the limit is below one request per that gap. That and
+            # the accepted rate are two readings of it; the pace starts just under the lesser.
+            if ticket.gap > 0:
+                refused = min(refused, 1.0 / ticket.gap)
+            deepest, lower = BETA, 0.0
         else:
-            refused = self.pace if self.pace is not None else accepted / active
             # After a pause the bucket refills; what came through beyond that is the rate.
             corrected = (accepted - burst) / active if active >= 0.5 else 0.0
             lower = max(self.wall_pace(now) or 0.0, corrected)
-        good, self._good = self._good, None
-        if good is not None and not cold and self.pace is not None and good < self.pace:
-            # The pace was raised from one the server took for a whole confirm period: the
-            # limit is at least about that (a bucket that large would have been drained).
-            lower = max(lower, good)
+            if self._good is not None:
+                # The pace was raised from one the server took for a whole confirm period:
+                # the limit is at least about that (a bucket that large would have drained).
+                lower = max(lower, self._good)
+            deepest = KEPT_BETA
+        self._good = None
         self._changed_at = now
         self._held_pace = None
         if refused <= 0 or not math.isfinite(refused):
@@ -631,8 +636,6 @@ class Throttle:
         self._hi_firm = self.pace is not None
         self.hi = refused if self.hi is None else min(self.hi, refused)
         # The limit lies between what came through (beyond the burst) and the pace refused.
-        # A cold start's estimate is already the lesser of two readings of it.
-        deepest = BETA if cold else KEPT_BETA
         pace = min(BETA * refused, max(lower, deepest * refused))
         self.pace = max(FLOOR, pace)  # held there, then probed above
 
