@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, select, tuple_
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import DBAPIError
 from tenacity import (
     RetryCallState,
@@ -268,13 +267,17 @@ def _upsert_statement(conn: Connection) -> Any:
     """SQLAlchemy's upsert, for the dialects without a hand-written path."""
     dialect = conn.dialect.name
     if dialect == "postgresql":  # with a driver other than psycopg 3
-        pg = postgresql.insert(calls)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(calls)
         return pg.on_conflict_do_update(
             index_elements=[calls.c.call_uuid],
             set_={name: pg.excluded[name] for name in _UPDATED},
         )
     if dialect in ("mysql", "mariadb"):
-        my = mysql.insert(calls)
+        from sqlalchemy.dialects.mysql import insert as my_insert
+
+        my = my_insert(calls)
         return my.on_duplicate_key_update({name: my.inserted[name] for name in _UPDATED})
     raise NotImplementedError(f"no upsert for the {dialect} dialect")
 

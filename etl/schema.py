@@ -18,7 +18,6 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -41,7 +40,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def load_dialect_impl(self, dialect: Dialect) -> Any:
         if dialect.name == "mysql":
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+            from sqlalchemy.dialects.mysql import DATETIME
+
+            return dialect.type_descriptor(DATETIME(fsp=6))
         if dialect.name in ("sqlite",):
             return dialect.type_descriptor(DateTime(timezone=False))
         return dialect.type_descriptor(DateTime(timezone=True))
@@ -66,7 +67,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
-JSONDocument = JSON().with_variant(postgresql.JSONB(), "postgresql")
+class JSONDocument(TypeDecorator[Any]):
+    """A JSON document: `jsonb` on PostgreSQL, the dialect's JSON elsewhere. (A type variant
+    would import the PostgreSQL dialect into every process, SQLite's too.)"""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
 
 calls = Table(
     "calls",

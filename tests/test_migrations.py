@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from etl.migrate import current_revision, head_revision, upgrade
+from etl.migrate import SCHEMA_REVISION, current_revision, head_revision, upgrade
 from etl.schema import metadata
 from tests.conftest import PROJECT
 
@@ -172,3 +172,13 @@ def test_the_open_calls_view_lists_exactly_the_open_statuses(any_database_url, e
     with engine.connect() as conn:
         listed = set(conn.execute(text("SELECT status FROM open_calls")).scalars())
     assert listed == OPEN_STATUSES
+
+
+def test_the_schema_revision_the_code_expects_is_the_scripts_head(sqlite_url, engine_for):
+    # A sync skips Alembic when the database is at SCHEMA_REVISION: a new migration script
+    # must move it, or current databases would never be upgraded.
+    assert SCHEMA_REVISION == head_revision()
+    engine = engine_for(sqlite_url)
+    assert upgrade(engine, "0002") == (None, "0002")
+    assert upgrade(engine) == ("0002", SCHEMA_REVISION)  # behind: Alembic upgrades it
+    assert upgrade(engine) == (SCHEMA_REVISION, SCHEMA_REVISION)

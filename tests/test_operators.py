@@ -109,3 +109,28 @@ def test_usage_errors_exit_2(simulator, project):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert sim.stats()["requests"] == 0
+
+
+def _imported(stderr: str) -> set[str]:
+    """The modules a `python -X importtime` run imported, from its report on stderr."""
+    return {line.rsplit("|", 1)[1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_a_sync_with_nothing_to_migrate_imports_only_what_it_uses(simulator, project):
+    # A scheduled sync pays its start-up every run: Alembic loads only when a migration is due,
+    # rich only for a terminal, the PostgreSQL and MySQL dialects only for those databases.
+    sim = simulator(accounts=1, calls=300)
+    proj = project(sim)
+    argv = [sys.executable, "-X", "importtime", "-m", "etl", "--config", str(proj.config), "sync"]
+    env = {**os.environ, **proj.env}
+    env.pop("ETL_DATABASE_URL", None)
+    first, again = (subprocess.run(argv, cwd=proj.path, env=env, capture_output=True, text=True,
+                                   timeout=120) for _ in range(2))
+    assert first.returncode == 0 and again.returncode == 0, again.stderr[-2000:]
+    assert "acct1: ok new=300" in first.stdout and "acct1: ok new=0" in again.stdout
+    assert "alembic" in _imported(first.stderr)  # the first run created the tables
+    loaded = _imported(again.stderr)
+    assert {"sqlalchemy", "requests", "etl.runner"} <= loaded
+    unused = {"alembic", "rich", "sqlalchemy.dialects.postgresql", "sqlalchemy.dialects.mysql"}
+    assert not loaded & unused
