@@ -177,7 +177,7 @@ def test_the_open_calls_view_lists_exactly_the_open_statuses(any_database_url, e
 def test_the_schema_revision_the_code_expects_is_the_scripts_head(sqlite_url, engine_for):
     # A sync skips Alembic when the database is at SCHEMA_REVISION: a new migration script
     # must move it, or current databases would never be upgraded.
-    assert SCHEMA_REVISION == head_revision()
+    assert head_revision() == SCHEMA_REVISION
     engine = engine_for(sqlite_url)
     assert upgrade(engine, "0002") == (None, "0002")
     assert upgrade(engine) == ("0002", SCHEMA_REVISION)  # behind: Alembic upgrades it
