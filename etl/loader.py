@@ -89,7 +89,7 @@ _TIMES = frozenset({"start_time", "answer_time", "end_time", "first_seen_at", "u
 _SET = ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
 
 
-def _sqlite_text(moment: datetime | None) -> str | None:
+def sqlite_text(moment: datetime | None) -> str | None:
     """A timestamp as SQLAlchemy's DateTime stores it on SQLite: naive UTC text."""
     if moment is None:
         return None
@@ -99,7 +99,7 @@ def _sqlite_text(moment: datetime | None) -> str | None:
 
 
 def _sqlite_time(row: CallRow, key: str, moment: datetime | None) -> str | None:
-    """`_sqlite_text(moment)`, cut straight from the text received when that is the plain
+    """`sqlite_text(moment)`, cut straight from the text received when that is the plain
     `YYYY-MM-DDTHH:MM:SSZ` the parser read it from: formatting a datetime costs about
     1 µs, three times per call."""
     text = row.raw.get(key)
@@ -108,7 +108,7 @@ def _sqlite_time(row: CallRow, key: str, moment: datetime | None) -> str | None:
         and text[10] == "T" and text[4] == "-" == text[7] and text[13] == ":" == text[16]
     ):
         return f"{text[:10]} {text[11:19]}.000000"
-    return _sqlite_text(moment)
+    return sqlite_text(moment)
 
 
 _SQLITE_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM calls WHERE call_uuid IN "
@@ -123,7 +123,7 @@ def _sqlite_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
     received), compared with the stored row in that same form, and the new or changed ones
     written by one prepared upsert through `executemany`: neither SQLAlchemy's per-row type
     processing nor SQL text rebuilt per chunk."""
-    stamp = _sqlite_text(now)
+    stamp = sqlite_text(now)
     wanted: dict[str, tuple[Any, ...]] = {}
     for uuid, row in latest.items():
         wanted[uuid] = (

@@ -258,29 +258,47 @@ class AccountRun:
             yield batch
 
     def _commit(self, conn: Connection, *, batches: list[Batch]) -> LoadCounts:
-        """One transaction: the pages' rows and rejects, what they prove gone or back, then
-        the coverage they complete."""
-        now = utcnow()
-        rows = [row for batch in batches for row in batch.rows]
-        counts = upsert_calls(conn, rows, now)
-        counts.rejected = save_rejects(conn, [r for b in batches for r in b.rejects], self.run_id, now)
-        seen = {u for b in batches for u in b.seen}
-        if self._deleted:
-            restored = restore_seen(conn, list(seen), now)
-            counts.updated += restored
-            counts.unchanged -= restored
-            self._deleted -= restored
-        # A page proves absent only what it does not hold; a call another page of this
-        # transaction holds is listed (read later, or listed again since).
-        flagged = flag_absent(conn, self.account.auth_id, [s for b in batches for s in b.spans], now,
-                              listed=seen)
-        self._deleted += flagged
-        self.result.deleted += flagged
-        # Backfill batches carry no coverage: it leaves the sync state alone.
-        coverage = next((b.coverage for b in reversed(batches) if b.coverage is not None), None)
-        if coverage is not None:
-            save_state(conn, self.account.auth_id, self.account.name, coverage=coverage)
-        return counts
+        written = write_batches(conn, self.account.auth_id, self.account.name, batches,
+                                self.run_id, restore=self._deleted > 0)
+        self._deleted += written.flagged - written.restored
+        self.result.deleted += written.flagged
+        return written.counts
+
+
+@dataclass
+class Written:
+    """What one transaction of `write_batches` did."""
+
+    counts: LoadCounts
+    flagged: int = 0  # stored calls the pages prove gone, now marked deleted
+    restored: int = 0  # calls marked deleted that the pages list again
+
+
+def write_batches(conn: Connection, account_id: str, account_name: str, batches: list[Batch],
+                  run_id: str, *, restore: bool) -> Written:
+    """One transaction of a sync, in the caller's transaction: the pages' rows and rejects,
+    what they prove gone or back (`restore`: the account has calls marked deleted, so listed
+    ones may come back), then the coverage they complete. The loader benchmark
+    (scripts/bench_loader.py) times this same function."""
+    now = utcnow()
+    rows = [row for batch in batches for row in batch.rows]
+    counts = upsert_calls(conn, rows, now)
+    counts.rejected = save_rejects(conn, [r for b in batches for r in b.rejects], run_id, now)
+    seen = {u for b in batches for u in b.seen}
+    restored = 0
+    if restore:
+        restored = restore_seen(conn, list(seen), now)
+        counts.updated += restored
+        counts.unchanged -= restored
+    # A page proves absent only what it does not hold; a call another page of this
+    # transaction holds is listed (read later, or listed again since).
+    flagged = flag_absent(conn, account_id, [s for b in batches for s in b.spans], now,
+                          listed=seen)
+    # Backfill batches carry no coverage: it leaves the sync state alone.
+    coverage = next((b.coverage for b in reversed(batches) if b.coverage is not None), None)
+    if coverage is not None:
+        save_state(conn, account_id, account_name, coverage=coverage)
+    return Written(counts, flagged, restored)
 
 
 class _ReadAhead:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from .coverage import Interval, merge
-from .loader import iso_utc, utcnow
+from .loader import iso_utc, sqlite_text, utcnow
 from .outcomes import Command, Outcome
 from .records import OPEN_STATUSES
 from .schema import calls, rejects, sync_coverage, sync_runs, sync_state
@@ -123,18 +123,42 @@ def count_since(conn: Connection, account_id: str, moment: datetime,
 def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datetime, *,
                 listed: set[str] | frozenset[str] = frozenset()) -> int:
     """Mark stored calls that a page proves gone from inside the window as deleted: a call
-    that started strictly between a page's oldest and newest call, yet is not on it. Calls
-    older than the window are never inside a page, so ageing out flags nothing."""
+    that started strictly between a page's oldest and newest call, yet is not on it (nor
+    `listed`). Calls older than the window are never inside a page, so ageing out flags
+    nothing."""
     flagged = 0
     for span in spans:
-        query = select(calls.c.call_uuid).where(
-            _live(account_id), calls.c.start_time > span.oldest, calls.c.start_time < span.newest)
-        gone = [uuid for (uuid,) in conn.execute(query)
-                if uuid not in span.uuids and uuid not in listed]
+        gone = [uuid for uuid in _unlisted(conn, account_id, span) if uuid not in listed]
         if gone:
             conn.execute(update(calls).where(calls.c.call_uuid.in_(gone)).values(deleted_at=now))
             flagged += len(gone)
     return flagged
+
+
+_SQLITE_UNLISTED = ("SELECT call_uuid FROM calls WHERE account_id = ? AND deleted_at IS NULL "
+                    "AND start_time > ? AND start_time < ? AND call_uuid NOT IN ")
+_PG_UNLISTED = ("SELECT call_uuid FROM calls WHERE account_id = %s AND deleted_at IS NULL "
+                "AND start_time > %s AND start_time < %s AND call_uuid <> ALL(%s::text[])")
+
+
+def _unlisted(conn: Connection, account_id: str, span: Span) -> list[str]:
+    """The account's live stored calls that started strictly inside the span but are not
+    among its calls. Nearly always none: on SQLite and PostgreSQL (psycopg 3) the query
+    leaves the span's calls out itself, one statement with the page's keys bound by the
+    driver, instead of reading every one of them back (which cost a first load about a
+    sixth of its loading time); elsewhere the range is read and filtered here."""
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        keys = sorted(span.uuids)
+        sql = _SQLITE_UNLISTED + "(" + ",".join("?" * len(keys)) + ")"
+        params = (account_id, sqlite_text(span.oldest), sqlite_text(span.newest), *keys)
+        return [uuid for (uuid,) in conn.exec_driver_sql(sql, params)]
+    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+        params = (account_id, span.oldest, span.newest, sorted(span.uuids))
+        return [uuid for (uuid,) in conn.exec_driver_sql(_PG_UNLISTED, params)]
+    query = select(calls.c.call_uuid).where(
+        _live(account_id), calls.c.start_time > span.oldest, calls.c.start_time < span.newest)
+    return [uuid for (uuid,) in conn.execute(query) if uuid not in span.uuids]
 
 
 def restore_seen(conn: Connection, uuids: list[str], now: datetime) -> int:

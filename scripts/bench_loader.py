@@ -17,8 +17,10 @@ How it measures:
     and turned into a `Page` by the client's own `_page_from`, as a fetch thread does. That
     decoding is timed apart ("decode"): in `etl sync` it runs on the fetch threads.
   - The loading thread's work is timed with time.perf_counter() around, per group of pages:
-    `parse_call` for every record (what the paginator does), then one transaction
-    (`in_transaction`) holding `upsert_calls` and `save_rejects`, committed.
+    `parse_call` for every record (`Sheet.read`, what the plan does with a page), then one
+    transaction (`in_transaction`) of `runner.write_batches`, the function `etl sync` commits
+    with: `upsert_calls`, `save_rejects`, `flag_absent` for each page's span and the sync
+    state's coverage, committed.
   - "first load" starts from a freshly migrated, empty database; "re-load" loads the same
     pages again right after (every call unchanged, nothing written). Each is run --repeat
     times (3), each time from a fresh database, and the fastest run is printed: on a shared
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +57,13 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from etl.client import Page, _page_from  # noqa: E402
 from etl.db import make_engine  # noqa: E402
-from etl.loader import LoadCounts, in_transaction, save_rejects, upsert_calls, utcnow  # noqa: E402
+from etl.coverage import chain_interval  # noqa: E402
+from etl.loader import LoadCounts, in_transaction  # noqa: E402
 from etl.migrate import upgrade  # noqa: E402
-from etl.records import CallRow, Reject, parse_call  # noqa: E402
-from etl.runner import _PAGES_PER_TRANSACTION  # noqa: E402
+from etl.plans import Batch  # noqa: E402
+from etl.records import Reject  # noqa: E402
+from etl.runner import _PAGES_PER_TRANSACTION, write_batches  # noqa: E402
+from etl.sheets import Sheet, span_of  # noqa: E402
 from etl.simulator import Simulator  # noqa: E402
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/vox_bench_loader"
@@ -104,19 +110,21 @@ def load(engine: Engine, pages: list[Page], per_tx: int,
     total = LoadCounts()
     cpu = time.thread_time()
     start = time.perf_counter()
+    top: Sheet | None = None
     for first in range(0, len(pages), per_tx):
-        group = pages[first : first + per_tx]
-        items = [parse_call(record, account_id) for page in group for record in page.records]
-        rows = [i for i in items if isinstance(i, CallRow)]
-        rejected = [i for i in items if isinstance(i, Reject)]
-
-        def work(conn: Any, rows: list[CallRow] = rows, rejected: list[Reject] = rejected) -> LoadCounts:
-            now = utcnow()
-            counts = upsert_calls(conn, rows, now)
-            counts.rejected = save_rejects(conn, rejected, "bench", now)
-            return counts
-
-        total += in_transaction(engine, work)
+        batches = []
+        for number, page in enumerate(pages[first : first + per_tx], start=first + 1):
+            sheet = Sheet.read(page, account_id, answered=number)
+            top = top or sheet
+            span = span_of(sheet)
+            batches.append(Batch(rows=sheet.calls,
+                                 rejects=[i for i in sheet.items if isinstance(i, Reject)],
+                                 spans=[span] if span else [], seen=list(sheet.uuids), pages=1))
+        interval = chain_interval(top, sheet, head=True)
+        batches[-1].coverage = [interval] if interval else []
+        total += in_transaction(engine, partial(write_batches, account_id=account_id,
+                                                account_name="bench", batches=batches,
+                                                run_id="bench", restore=False)).counts
     return time.perf_counter() - start, time.thread_time() - cpu, total
 
 

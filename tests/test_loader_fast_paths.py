@@ -246,3 +246,36 @@ def test_help_and_usage_errors_do_not_import_the_database_stack(args: list[str])
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=PROJECT, timeout=60)
     assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_a_page_flags_exactly_the_stored_calls_it_proves_gone_on_every_database(
+        any_database_url, engine_for):
+    # Stored: calls at 10:00:00 .. 10:00:09, one per second, two at 10:00:05. A page listing
+    # 10:00:02 .. 10:00:08 without the 10:00:04 call and one of the 10:00:05 pair proves both
+    # gone, unless the transaction's other pages list them (`listed`); the calls at its edge
+    # seconds and outside it prove nothing.
+    from etl.sheets import Span
+    from etl.state import flag_absent
+
+    engine = engine_for(any_database_url)
+    upgrade(engine)
+    at = [f"2026-04-30T10:00:0{s}Z" for s in range(10)]
+    stored = [_record(f"c{s}", start_time=at[s]) for s in range(10)]
+    stored.append(_record("c5b", start_time=at[5]))
+    other = _record("x4", start_time=at[4])  # another account's call, same second
+    rows = _rows([json.dumps(r) for r in stored]) + _rows([json.dumps(other)], account="MA2")
+    in_transaction(engine, lambda conn: upsert_calls(conn, rows, T1))
+    page = Span(oldest=datetime(2026, 4, 30, 10, 0, 2, tzinfo=UTC),
+                newest=datetime(2026, 4, 30, 10, 0, 8, tzinfo=UTC),
+                uuids=frozenset({"c2", "c3", "c5", "c6", "c7", "c8"}))
+
+    def deleted() -> set[str]:
+        with engine.connect() as conn:
+            return {u for (u,) in conn.execute(
+                text("SELECT call_uuid FROM calls WHERE deleted_at IS NOT NULL"))}
+
+    assert in_transaction(engine, lambda c: flag_absent(c, "MA1", [page], T2, listed={"c4"})) == 1
+    assert deleted() == {"c5b"}
+    assert in_transaction(engine, lambda c: flag_absent(c, "MA1", [page], T2)) == 1
+    assert deleted() == {"c5b", "c4"}
+    assert in_transaction(engine, lambda c: flag_absent(c, "MA1", [page], T2)) == 0  # flagged once
