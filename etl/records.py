@@ -24,12 +24,15 @@ KNOWN_DIRECTIONS = ("inbound", "outbound")
 _MAX_KEY = 255
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallRow:
     """A call as the `calls` table stores it (timestamps timezone-aware UTC).
 
     Every other field is derived from `raw` by `parse_call` (the loader relies on it: on
-    SQLite it cuts timestamps' storage text from `raw`'s own strings)."""
+    SQLite it cuts timestamps' storage text from `raw`'s own strings). Treated as immutable
+    (it passes from the plan's thread to the loader's) but not frozen: a frozen dataclass's
+    `__init__` sets each of the 13 fields through `object.__setattr__`, 1.6 µs per call
+    against 0.2, a third of what parsing a record costs."""
 
     call_uuid: str
     account_id: str
