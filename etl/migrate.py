@@ -84,9 +84,6 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str | N
         return SCHEMA_REVISION, SCHEMA_REVISION
     from alembic import command
 
-    before = current_revision(engine)
-    if before == head_revision() and revision == "head":
-        return before, before
     with locks.acquire(engine, MIGRATION_LOCK, wait=True):
         # Another process may have migrated while this one waited for the lock.
         before = current_revision(engine)

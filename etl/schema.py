@@ -79,7 +79,7 @@ class JSONDocument(TypeDecorator[Any]):
             from sqlalchemy.dialects.postgresql import JSONB
 
             return dialect.type_descriptor(JSONB())
-        return dialect.type_descriptor(JSON())
+        return self.impl_instance
 
 calls = Table(
     "calls",

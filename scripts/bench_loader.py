@@ -46,7 +46,6 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
@@ -56,8 +55,8 @@ from sqlalchemy import Engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from etl.client import Page, _page_from  # noqa: E402
-from etl.db import make_engine  # noqa: E402
 from etl.coverage import chain_interval  # noqa: E402
+from etl.db import make_engine  # noqa: E402
 from etl.loader import LoadCounts, in_transaction  # noqa: E402
 from etl.migrate import upgrade  # noqa: E402
 from etl.plans import Batch  # noqa: E402
@@ -178,7 +177,8 @@ def startup(runs: int, workdir: Path) -> list[str]:
         sync = ["--config", str(config), "sync"]
         subprocess.run([*argv0, *sync], env=env, cwd=workdir, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # the first load
-        for args, label in ((["--help"], "etl --help"), (["sync", "--jobs", "0"], None),
+        for args, label in ((["--help"], "etl --help"),
+                            (["sync", "--jobs", "0"], "etl sync --jobs 0"),
                             (sync, "etl sync (nothing new: 1,000 calls stored, SQLite)")):
             times = []
             for _ in range(runs):
@@ -186,7 +186,6 @@ def startup(runs: int, workdir: Path) -> list[str]:
                 subprocess.run([*argv0, *args], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, cwd=workdir, env=env, check=False)
                 times.append(time.perf_counter() - start)
-            label = label or f"etl {shlex.join(args)}"
             lines.append(f"| `{label}` | {runs} | {min(times):.3f} | "
                          f"{statistics.median(times):.3f} |")
     return lines

@@ -35,8 +35,10 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from etl.config import render_config  # noqa: E402
 from etl.simulator import Simulator, limits  # noqa: E402
 from etl.throttle import CEILING_MARGIN  # noqa: E402
+from etl.tokens import token_variable  # noqa: E402
 
 # Runs in the `etl` process: records slot and wire times, then runs the CLI.
 WRAPPER = """
@@ -98,13 +100,11 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="bench-spacing-") as tmp:
             work = Path(tmp)
             config = work / "config.toml"
-            config.write_text("\n".join([
-                "[database]", f'url = "sqlite:///{work / "etl.db"}"', "", "[api]",
-                f'base_url = "{sim.base_url}"', f"concurrency = {args.concurrency}",
-                "per_page = 100", f"requests_per_second = {args.rate:g}", "",
-                "[[accounts]]", f'name = "{account.name}"', f'auth_id = "{account.auth_id}"',
-                'token_env = "VOX_TOKEN_BENCH"', ""]))
-            env = {**os.environ, "VOX_TOKEN_BENCH": account.token,
+            config.write_text(render_config(
+                sim.base_url, [account], f"sqlite:///{work / 'etl.db'}",
+                api={"concurrency": args.concurrency, "per_page": 100,
+                     "requests_per_second": args.rate}), encoding="utf-8")
+            env = {**os.environ, token_variable(account.name): account.token,
                    "SPACING_OUT": str(work / "times.json"), "PYTHONPATH": str(PROJECT)}
             env.pop("ETL_DATABASE_URL", None)
             subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "migrate"],
