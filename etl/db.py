@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool, StaticPool
 
 from .errors import ConfigError
@@ -73,6 +77,33 @@ def make_engine(url: str) -> Engine:
         return create_engine(parsed, pool_pre_ping=True)
     except ModuleNotFoundError as exc:
         raise ConfigError(f"database URL {parsed.drivername}:// needs the {exc.name} module") from None
+
+
+def is_psycopg(conn: Connection) -> bool:
+    """Whether the connection is PostgreSQL through psycopg 3 (its fast paths and pipelines)."""
+    return conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"
+
+
+@contextlib.contextmanager
+def pipelined(conn: Connection, what: str) -> Iterator[Any]:
+    """psycopg 3's own connection in pipeline mode, inside the caller's transaction: every
+    statement executed in the block goes out without waiting for the answer to the one
+    before, and the block ends once all are answered (read each cursor after it). The server
+    works through one statement while the next is built and sent, and N statements cost one
+    round trip instead of N. A driver error comes out as SQLAlchemy's own (`what` names the
+    work in it), so callers and `loader.is_transient` treat it like any other; a lost
+    connection is invalidated, as SQLAlchemy does for the statements it runs."""
+    driver: Any = conn.connection.driver_connection
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with driver.pipeline():
+            yield driver
+    except dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(f"-- {what} (pipelined)", None, exc, dbapi.Error,
+                                  connection_invalidated=lost, dialect=conn.dialect) from exc
 
 
 def _wait_for_file_lock(dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]

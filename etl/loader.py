@@ -27,6 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from .db import is_psycopg, pipelined
 from .errors import first_line
 from .records import CallRow, Reject
 from .schema import calls, rejects
@@ -79,7 +80,7 @@ def upsert_calls(conn: Connection, rows: Sequence[CallRow], now: datetime) -> Lo
     dialect = conn.dialect
     if dialect.name == "sqlite":
         return _sqlite_upsert(conn, latest, now)
-    if dialect.name == "postgresql" and dialect.driver == "psycopg":
+    if is_psycopg(conn):
         return _unnest_upsert(conn, latest, now)
     return _compared_upsert(conn, latest, now)
 
@@ -194,26 +195,36 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
     sent as one array per column (`unnest`) in binary, `raw` as the text received. The server
     compares each conflicting row with the stored one and rewrites it only when a value
     differs, so nothing is read back into Python. (An unchanged row is locked, as ON CONFLICT
-    does, but keeps its row version and its updated_at.)"""
-    counts = LoadCounts()
+    does, but keeps its row version and its updated_at.) The chunks go out pipelined: the
+    server writes one while the next is built, and a transaction's chunks cost one round trip."""
     rows = list(latest.values())
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start : start + 1000]
-        uuids = [r.call_uuid for r in chunk]
-        arrays = (
-            uuids, [r.account_id for r in chunk],
-            [r.from_number for r in chunk], [r.to_number for r in chunk],
-            [r.direction for r in chunk], [r.status for r in chunk],
-            [r.end_reason for r in chunk], [r.duration for r in chunk],
-            [r.start_time for r in chunk], [r.answer_time for r in chunk],
-            [r.end_time for r in chunk], [r.raw_json for r in chunk],
-        )
-        known, written = conn.exec_driver_sql(_PG_UPSERT, (uuids, now, now, *arrays)).one()
-        new = len(chunk) - known
+    sent: list[tuple[int, Any]] = []
+    with pipelined(conn, "upsert calls") as driver:
+        for start in range(0, len(rows), _PG_CHUNK):
+            chunk = rows[start : start + _PG_CHUNK]
+            uuids = [r.call_uuid for r in chunk]
+            arrays = (
+                uuids, [r.account_id for r in chunk],
+                [r.from_number for r in chunk], [r.to_number for r in chunk],
+                [r.direction for r in chunk], [r.status for r in chunk],
+                [r.end_reason for r in chunk], [r.duration for r in chunk],
+                [r.start_time for r in chunk], [r.answer_time for r in chunk],
+                [r.end_time for r in chunk], [r.raw_json for r in chunk],
+            )
+            cursor = driver.cursor()
+            cursor.execute(_PG_UPSERT, (uuids, now, now, *arrays))
+            sent.append((len(chunk), cursor))
+    counts = LoadCounts()
+    for size, cursor in sent:
+        known, written = cursor.fetchone()
+        new = size - known
         counts.new += new
         counts.updated += written - new
         counts.unchanged += known - (written - new)
     return counts
+
+
+_PG_CHUNK = 1000
 
 
 def _compared_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:

@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from etl.loader import in_transaction, is_transient
+from etl.loader import in_transaction, is_transient, upsert_calls, utcnow
+from etl.migrate import upgrade
+from etl.records import CallRow, parse_call
 
 
 def _wrapped(orig: BaseException, cls: type[DBAPIError] = OperationalError) -> DBAPIError:
@@ -113,6 +115,66 @@ def test_a_postgres_deadlock_victim_is_rolled_back_and_run_again(postgres_url, e
     assert attempts == [1, 2] and done.is_set()
     with engine.connect() as conn:
         assert dict(conn.execute(text("SELECT id, v FROM probe")).all()) == {1: 11, 2: 11}
+
+
+def _call(uuid: str, status: str) -> CallRow:
+    row = parse_call({"call_uuid": uuid, "status": status, "start_time": "2026-05-01T10:00:00Z"},
+                     "MA1")
+    assert isinstance(row, CallRow)
+    return row
+
+
+def test_a_pipelined_upsert_that_loses_a_deadlock_is_rolled_back_and_run_again(postgres_url,
+                                                                                 engine_for):
+    # The PostgreSQL upsert sends its statements pipelined, through psycopg itself: a deadlock
+    # met there must still reach the retry policy as SQLAlchemy's error, and the batch run again.
+    engine = engine_for(postgres_url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        upsert_calls(conn, [_call("A", "ringing"), _call("B", "ringing")], utcnow())
+    holds_b = threading.Event()
+    other_pid: list[int] = []
+
+    def other() -> None:
+        # Locks call B, then waits for call A, which the batch below holds: the batch, wanting
+        # B for its upsert, closes the cycle.
+        with engine.begin() as conn:
+            conn.execute(text("SET LOCAL deadlock_timeout = '60s'"))  # the batch is the victim
+            other_pid.append(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            conn.execute(text("UPDATE calls SET end_reason = 'other' WHERE call_uuid = 'B'"))
+            holds_b.set()
+            conn.execute(text("UPDATE calls SET end_reason = 'other' WHERE call_uuid = 'A'"))
+
+    attempts = []
+    errors: list[BaseException] = []
+
+    def batch(conn):
+        attempts.append(len(attempts) + 1)
+        conn.execute(text("SET LOCAL deadlock_timeout = '10ms'"))
+        conn.execute(text("UPDATE calls SET duration = 1 WHERE call_uuid = 'A'"))
+        if len(attempts) == 1:
+            thread.start()
+            assert holds_b.wait(30)
+            _wait_for_lock_wait(engine, other_pid[0])
+        try:
+            return upsert_calls(conn, [_call("A", "completed"), _call("B", "completed")],
+                                utcnow())
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    thread = threading.Thread(target=other)
+    counts = in_transaction(engine, batch, first_wait=0.01)
+    thread.join(30)
+
+    assert attempts == [1, 2]
+    assert isinstance(errors[0], OperationalError) and is_transient(errors[0])
+    assert "deadlock" in str(errors[0])
+    assert (counts.new, counts.updated) == (0, 2)
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT call_uuid, status, end_reason FROM calls "
+                                   "ORDER BY call_uuid")).all()
+    assert [tuple(r) for r in stored] == [("A", "completed", None), ("B", "completed", None)]
 
 
 def _wait_for_lock_wait(engine, pid: int) -> None:
