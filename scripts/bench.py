@@ -29,6 +29,12 @@ How it measures:
     %M`, which forks the command from its own small process), or, where that is missing, the
     last VmHWM read from /proc/PID/status while it runs. Not os.wait4()/RUSAGE_CHILDREN: a
     child's ru_maxrss starts at the RSS of the process it was forked from.
+  - CPU s is the client's own CPU time (user + system, GNU time %U + %S); server CPU s is what
+    the simulator and, for PostgreSQL rows, the PostgreSQL server (its postmaster's process
+    tree, read from /proc) spent meanwhile: the other side of the same work, on the same cores.
+    Scenario a's etl rows then say what all of that CPU would allow if it were spread
+    perfectly over every core of the machine: the most any client doing this work at this CPU
+    cost could reach here.
   - 429s: the simulator's counters live in its own process, so they are counted on the client
     side: `etl -v --log-format json` logs every retry as a `retry` event whose `error` names
     the HTTP status, and the 429 ones are counted (a 429 on the very last attempt would fail the
@@ -174,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         f"1-min load average {load_before:.2f} before it"
         + ("; INTERRUPTED, partial" if interrupted else "")
         + ". seconds = wall time of each command (start-up and migrations included); "
-        f"peak RSS = the client process's own max RSS ({rss_method})."
+        f"peak RSS = the client process's own max RSS ({rss_method}); CPU s = the client's "
+        "own CPU time (user + system); server CPU s = the simulator's and the PostgreSQL "
+        "server's meanwhile."
     )
     report = f"```\n$ {command}\n```\n\n{context}\n\n{markdown_table(bench.rows)}\n"
     print(report)

@@ -111,7 +111,6 @@ def main() -> int:
     if url.startswith("postgresql"):
         try:
             import psycopg2  # noqa: F401
-
             from sqlalchemy.engine import make_url
 
             parsed = make_url(url).set(drivername="postgresql")

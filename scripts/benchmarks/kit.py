@@ -45,7 +45,7 @@ B_CONCURRENCY = 8
 E_CONCURRENCY = 4
 
 HEADERS = ["scenario", "target DB", "calls", "seconds", "calls/s", "requests", "requests/s",
-           "429s", "peak RSS MB", "note"]
+           "429s", "peak RSS MB", "CPU s", "server CPU s", "note"]
 
 
 def progress(message: str) -> None:
@@ -70,6 +70,8 @@ class Row:
     throttled: int | None = None
     rss_kb: int | None = None
     note: str = ""
+    cpu: float | None = None  # the client's own CPU time (user + system), seconds
+    server_cpu: float | None = None  # the simulator's and the database server's meanwhile
 
     def cells(self) -> list[str]:
         def rate(n: int | None) -> str:
@@ -87,6 +89,8 @@ class Row:
             rate(self.requests),
             "-" if self.throttled is None else f"{self.throttled:,}",
             "-" if self.rss_kb is None else f"{self.rss_kb / 1024:.1f}",
+            "-" if self.cpu is None else f"{self.cpu:.2f}",
+            "-" if self.server_cpu is None else f"{self.server_cpu:.2f}",
             self.note,
         ]
 
@@ -95,7 +99,7 @@ def markdown_table(rows: list[Row]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    right = {2, 3, 4, 5, 6, 7, 8}
+    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}
     sep = ["---:" if i in right else "---" for i in range(len(HEADERS))]
     return "\n".join([line(HEADERS), line(sep), *(line(r.cells()) for r in rows)])
 
@@ -112,6 +116,7 @@ class ChildRun:
     rss_kb: int
     stdout: str
     stderr: str
+    cpu: float | None = None  # user + system CPU seconds of the command (GNU time %U + %S)
 
     def json_lines(self, stream: str = "stdout") -> Iterator[dict[str, Any]]:
         for text in getattr(self, stream).splitlines():
@@ -166,7 +171,7 @@ def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: f
     err_path = workdir / f"child-{stamp}.err"
     rss_path = workdir / f"child-{stamp}.rss"
     use_time = os.access(TIME_BIN, os.X_OK)
-    full = [TIME_BIN, "-f", "%M", "-o", str(rss_path), *argv] if use_time else argv
+    full = [TIME_BIN, "-f", "%M %U %S", "-o", str(rss_path), *argv] if use_time else argv
     polled: list[int] = []
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started = time.perf_counter()
@@ -200,15 +205,91 @@ def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: f
     stdout = out_path.read_text(errors="replace")
     stderr = err_path.read_text(errors="replace")
     rss_kb = max(polled, default=0)
+    cpu: float | None = None
     if use_time and rss_path.exists():
-        # "%M", preceded by a "Command exited with non-zero status N" line when it failed
-        numbers = [x for x in rss_path.read_text(errors="replace").split() if x.isdigit()]
-        rss_kb = int(numbers[-1]) if numbers else 0
+        # "%M %U %S", after a "Command exited with non-zero status N" line when it failed
+        lines = rss_path.read_text(errors="replace").strip().splitlines()
+        with contextlib.suppress(IndexError, ValueError):
+            peak, user, system = lines[-1].split()
+            rss_kb, cpu = int(peak), float(user) + float(system)
     for path in (out_path, err_path, rss_path):
         path.unlink(missing_ok=True)
     if seconds >= timeout:
         stderr += f"\nbench: killed after {timeout:.0f} s"
-    return ChildRun(argv, proc.returncode, seconds, rss_kb, stdout, stderr)
+    return ChildRun(argv, proc.returncode, seconds, rss_kb, stdout, stderr, cpu)
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int, *, children: bool = False) -> float:
+    """CPU seconds of a live process from /proc (with `children`, also those of the children
+    it has waited for); 0 when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / _TICK
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as listing:
+            return [int(x) for x in listing.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class ServerCPU:
+    """CPU seconds the simulator and the PostgreSQL server spend while a client runs: the
+    other side of the work, on the same cores. PostgreSQL's is its postmaster's process tree
+    (the backends that served the client have exited and been waited for by the end), read
+    from /proc, so only for a server on this machine that /proc lets us read."""
+
+    def __init__(self, simulator_pid: int | None, postgres_url: str | None) -> None:
+        self.pids: list[tuple[int, bool]] = []  # (pid, count the children it waited for)
+        if simulator_pid is not None:
+            self.pids.append((simulator_pid, False))
+        postmaster = _postmaster_pid(postgres_url) if postgres_url else None
+        if postmaster is not None:
+            self.pids.append((postmaster, True))
+
+    def total(self) -> float:
+        seconds = 0.0
+        for pid, tree in self.pids:
+            seconds += _proc_cpu(pid, children=tree)
+            if tree:
+                seconds += sum(_proc_cpu(child) for child in _children_of(pid))
+        return seconds
+
+    @contextlib.contextmanager
+    def measuring(self, row_of: Any) -> Iterator[None]:
+        """Adds the CPU spent during the block to the row `row_of()` returns afterwards."""
+        before = self.total()
+        yield
+        time.sleep(0.2)  # the client's backends exit once it has; let the postmaster reap them
+        row = row_of()
+        if row is not None:
+            row.server_cpu = self.total() - before
+
+
+def _postmaster_pid(url: str) -> int | None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        with open(f"/proc/{backend}/stat", encoding="ascii") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])  # its parent
+    except Exception:
+        return None
+    finally:
+        engine.dispose()
 
 
 def etl_argv() -> list[str]:
@@ -247,7 +328,7 @@ def run_etl(config: Path, args: list[str], env: dict[str, str], workdir: Path) -
 
 def etl_row(scenario: str, target: str, outcome: EtlOutcome, note: str = "") -> Row:
     row = Row(scenario, target, outcome.calls, outcome.run.seconds, outcome.total("requests"),
-              outcome.throttled, outcome.run.rss_kb, note)
+              outcome.throttled, outcome.run.rss_kb, note, outcome.run.cpu)
     if not outcome.ok:
         failed = [f"{s['account']}: {s.get('error', s.get('outcome'))}" for s in outcome.summaries
                   if s.get("outcome") != "ok"]
@@ -473,7 +554,7 @@ def run_sequential_fetch(scenario: str, base_url: str, accounts: list[tuple[str,
     if run.returncode != 0 or result is None:
         return Row(scenario, "none", note=f"FAILED {run.failure()}")
     return Row(scenario, "none", result["calls"], run.seconds, result["requests"],
-               result["throttled"], run.rss_kb, note)
+               result["throttled"], run.rss_kb, note, run.cpu)
 
 
 def run_dlt(scenario: str, target: str, base_url: str, accounts: list[tuple[str, str, str]],
@@ -493,7 +574,8 @@ def run_dlt(scenario: str, target: str, base_url: str, accounts: list[tuple[str,
     if run.returncode != 0 or result is None:
         return Row(scenario, target, note=f"FAILED {run.failure()}")
     return Row(scenario, target, result["rows"], run.seconds, result["requests"],
-               result["throttled"], run.rss_kb, f"dlt {result['destination']}; rows stored")
+               result["throttled"], run.rss_kb, f"dlt {result['destination']}; rows stored",
+               run.cpu)
 
 
 # ---------------------------------------------------------------------------------------------
