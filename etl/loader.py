@@ -170,23 +170,20 @@ _PG_ARRAYS = ", ".join(
     for name in _COLUMNS
 )
 _PG_ROW = ", ".join(f"{{0}}.{name}" for name in _COLUMNS[1:])
-# One round trip per chunk: `known` counts the chunk's calls already stored (a correlated
-# lookup, so an index probe per key whatever the planner believes about the table's size; a
-# join planned on a first load's stale statistics would scan the whole table each time), and
-# the upsert writes a conflicting row only when a value differs. Every part of the statement
-# sees the same snapshot, so `known` counts the rows as they were before it.
+# One statement per chunk: the upsert writes a conflicting row only when a value differs, and
+# says of each row it wrote whether it inserted it: a new row has first_seen_at = updated_at =
+# this transaction's `now`, a rewritten one keeps the first_seen_at of its first write. (A
+# count of the keys already stored, looked up per key before the insert, cost the server
+# about 2 µs per call more.)
 _PG_UPSERT = f"""
-WITH known AS (
-    SELECT count(*) FILTER (WHERE (SELECT true FROM calls c WHERE c.call_uuid = u.id)) AS n
-    FROM unnest(%b::text[]) AS u(id)
-), written AS (
+WITH written AS (
     INSERT INTO calls ({", ".join(_ALL)})
     SELECT *, %b::timestamptz, %b::timestamptz FROM unnest({_PG_ARRAYS})
     ON CONFLICT (call_uuid) DO UPDATE SET {_SET}
     WHERE ({_PG_ROW.format("calls")}) IS DISTINCT FROM ({_PG_ROW.format("excluded")})
-    RETURNING 1
+    RETURNING first_seen_at = updated_at AS fresh
 )
-SELECT (SELECT n FROM known), (SELECT count(*) FROM written)
+SELECT count(*) FILTER (WHERE fresh), count(*) FROM written
 """
 
 
@@ -202,9 +199,8 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
     with pipelined(conn, "upsert calls") as driver:
         for start in range(0, len(rows), _PG_CHUNK):
             chunk = rows[start : start + _PG_CHUNK]
-            uuids = [r.call_uuid for r in chunk]
             arrays = (
-                uuids, [r.account_id for r in chunk],
+                [r.call_uuid for r in chunk], [r.account_id for r in chunk],
                 [r.from_number for r in chunk], [r.to_number for r in chunk],
                 [r.direction for r in chunk], [r.status for r in chunk],
                 [r.end_reason for r in chunk], [r.duration for r in chunk],
@@ -212,15 +208,14 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
                 [r.end_time for r in chunk], [r.raw_json for r in chunk],
             )
             cursor = driver.cursor()
-            cursor.execute(_PG_UPSERT, (uuids, now, now, *arrays))
+            cursor.execute(_PG_UPSERT, (now, now, *arrays))
             sent.append((len(chunk), cursor))
     counts = LoadCounts()
     for size, cursor in sent:
-        known, written = cursor.fetchone()
-        new = size - known
+        new, written = cursor.fetchone()
         counts.new += new
         counts.updated += written - new
-        counts.unchanged += known - (written - new)
+        counts.unchanged += size - written
     return counts
 
 

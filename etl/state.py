@@ -127,9 +127,8 @@ def flag_absent(conn: Connection, account_id: str, spans: list[Span], now: datet
     that started strictly between a page's oldest and newest call, yet is not on it (nor
     `listed`). Calls older than the window are never inside a page, so ageing out flags
     nothing."""
-    gone = [uuid for found in _unlisted(conn, account_id, spans) for uuid in found
-            if uuid not in listed]
-    gone = list(dict.fromkeys(gone))  # spans of one transaction may share an edge call
+    # dict.fromkeys: the spans of one transaction may share a call their ranges both hold
+    gone = list(dict.fromkeys(u for u in _unlisted(conn, account_id, spans) if u not in listed))
     for start in range(0, len(gone), 500):
         conn.execute(update(calls).where(calls.c.call_uuid.in_(gone[start:start + 500]))
                      .values(deleted_at=now))
@@ -142,10 +141,10 @@ _PG_UNLISTED = ("SELECT call_uuid FROM calls WHERE account_id = %s AND deleted_a
                 "AND start_time > %s AND start_time < %s AND call_uuid <> ALL(%s::text[])")
 
 
-def _unlisted(conn: Connection, account_id: str, spans: list[Span]) -> list[list[str]]:
-    """For each span, the account's live stored calls that started strictly inside it but are
-    not among its calls. Nearly always none: on SQLite and PostgreSQL (psycopg 3) the query
-    leaves the span's calls out itself, one statement with the page's keys bound by the
+def _unlisted(conn: Connection, account_id: str, spans: list[Span]) -> list[str]:
+    """The account's live stored calls that started strictly inside one of the spans but are
+    not among that span's calls. Nearly always none: on SQLite and PostgreSQL (psycopg 3) the
+    query leaves the span's calls out itself, one statement with the page's keys bound by the
     driver, instead of reading every one of them back (on SQLite 125 µs a page instead of
     290, measured on a 100-call page); on PostgreSQL the spans' statements go out pipelined,
     one round trip for all of them; elsewhere each range is read and filtered here."""
@@ -157,7 +156,7 @@ def _unlisted(conn: Connection, account_id: str, spans: list[Span]) -> list[list
             sql = _SQLITE_UNLISTED + "(" + ",".join("?" * len(keys)) + ")"
             found = conn.exec_driver_sql(
                 sql, (account_id, sqlite_text(span.oldest), sqlite_text(span.newest), *keys))
-            out.append([uuid for (uuid,) in found])
+            out += [uuid for (uuid,) in found]
         return out
     if is_psycopg(conn):
         cursors = []
@@ -167,13 +166,14 @@ def _unlisted(conn: Connection, account_id: str, spans: list[Span]) -> list[list
                 cursor.execute(_PG_UNLISTED,
                                (account_id, span.oldest, span.newest, sorted(span.uuids)))
                 cursors.append(cursor)
-        return [[uuid for (uuid,) in cursor.fetchall()] for cursor in cursors]
+        return [uuid for cursor in cursors for (uuid,) in cursor.fetchall()]
     return [
-        [uuid for (uuid,) in conn.execute(
+        uuid
+        for span in spans
+        for (uuid,) in conn.execute(
             select(calls.c.call_uuid).where(_live(account_id), calls.c.start_time > span.oldest,
                                             calls.c.start_time < span.newest))
-         if uuid not in span.uuids]
-        for span in spans
+        if uuid not in span.uuids
     ]
 
 
