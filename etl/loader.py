@@ -170,6 +170,7 @@ _PG_ARRAYS = ", ".join(
     for name in _COLUMNS
 )
 _PG_ROW = ", ".join(f"{{0}}.{name}" for name in _COLUMNS[1:])
+_PG_CHUNK = 1000  # rows per statement
 # One statement per chunk: the upsert writes a conflicting row only when a value differs, and
 # says of each row it wrote whether it inserted it: a new row has first_seen_at = updated_at =
 # this transaction's `now`, a rewritten one keeps the first_seen_at of its first write. (A
@@ -217,9 +218,6 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
         counts.updated += written - new
         counts.unchanged += size - written
     return counts
-
-
-_PG_CHUNK = 1000
 
 
 def _compared_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:

@@ -29,7 +29,8 @@ def run(bench: Bench) -> None:
     dlts: dict[str, Row] = {}
     with SimProcess(bench.workdir, "a", accounts=A_ACCOUNTS, calls=n) as sim:
         assert sim.proc is not None
-        meters = {"SQLite": ServerCPU(sim.proc.pid, None),
+        simulator = ServerCPU(sim.proc.pid, None)
+        meters = {"SQLite": simulator,
                   "PostgreSQL": ServerCPU(sim.proc.pid, bench.pg_url if bench.pg_version else None)}
         api = {"concurrency": A_CONCURRENCY}
         for target in ("SQLite", "PostgreSQL"):
@@ -40,16 +41,17 @@ def run(bench: Bench) -> None:
             config = bench.workdir / f"a-{target}.toml"
             env = write_config(config, sim.base_url, sim.accounts, url, api)
             progress(f"{scenario} -> {target}")
-            with meters[target].measuring(lambda: bench.rows[-1]):
-                outcome = run_etl(config, ["sync", "--jobs", "2"], env, bench.workdir)
-                row = firsts[target] = bench.add(etl_row(scenario, target, outcome))
-            bench.check_stored(row, url, total)
+            spent = meters[target].start()
+            outcome = run_etl(config, ["sync", "--jobs", "2"], env, bench.workdir)
+            row = firsts[target] = etl_row(scenario, target, outcome)
+            row.server_cpu = spent()
+            bench.check_stored(bench.add(row), url, total)
             progress(f"{label}: re-load with etl sync --full -> {target}")
-            with meters[target].measuring(lambda: bench.rows[-1]):
-                outcome = run_etl(config, ["sync", "--full", "--jobs", "2"], env, bench.workdir)
-                row = bench.add(etl_row(f"{label}: re-load, etl sync --full (same calls again)",
-                                       target, outcome))
-            bench.check_stored(row, url, total)
+            spent = meters[target].start()
+            outcome = run_etl(config, ["sync", "--full", "--jobs", "2"], env, bench.workdir)
+            row = etl_row(f"{label}: re-load, etl sync --full (same calls again)", target, outcome)
+            row.server_cpu = spent()
+            bench.check_stored(bench.add(row), url, total)
 
         for target in ("SQLite", "PostgreSQL"):
             scenario = f"{label}: dlt rest_api (merge)"
@@ -65,9 +67,11 @@ def run(bench: Bench) -> None:
             progress(f"{scenario} -> {target}")
             reload = f"{label}: re-load, dlt rest_api (merge, same calls again)"
             for name, limit in ((scenario, 1800.0), (reload, bench.dlt_reload_timeout)):
-                with meters[target].measuring(lambda: bench.rows[-1]):
-                    row = bench.add(run_dlt(name, target, sim.base_url, sim.accounts, url,
-                                           bench.workdir, timeout=limit))
+                spent = meters[target].start()
+                row = run_dlt(name, target, sim.base_url, sim.accounts, url, bench.workdir,
+                              timeout=limit)
+                row.server_cpu = spent()
+                bench.add(row)
                 if name == scenario:
                     dlts[target] = row
                 if row.calls is not None and row.calls != total:
@@ -76,10 +80,12 @@ def run(bench: Bench) -> None:
             bench.pg_fresh()  # dlt's datasets are not left behind
 
         progress(f"{label}: sequential fetch")
-        with meters["SQLite"].measuring(lambda: bench.rows[-1]):
-            fetch = bench.add(run_sequential_fetch(
-                f"{label}: sequential fetch (1 connection)", sim.base_url, sim.accounts,
-                bench.workdir, "requests.Session, page by page, JSON parsed, no DB"))
+        spent = simulator.start()
+        fetch = run_sequential_fetch(f"{label}: sequential fetch (1 connection)", sim.base_url,
+                                     sim.accounts, bench.workdir,
+                                     "requests.Session, page by page, JSON parsed, no DB")
+        fetch.server_cpu = spent()
+        bench.add(fetch)
     for target, first in firsts.items():
         first.note = _against(first, dlts.get(target), fetch)
 

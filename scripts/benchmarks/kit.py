@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,15 +266,16 @@ class ServerCPU:
                 seconds += sum(_proc_cpu(child) for child in _children_of(pid))
         return seconds
 
-    @contextlib.contextmanager
-    def measuring(self, row_of: Any) -> Iterator[None]:
-        """Adds the CPU spent during the block to the row `row_of()` returns afterwards."""
+    def start(self) -> Callable[[], float]:
+        """A stopwatch: call what it returns once the client has exited, for the CPU seconds
+        spent since."""
         before = self.total()
-        yield
-        time.sleep(0.2)  # the client's backends exit once it has; let the postmaster reap them
-        row = row_of()
-        if row is not None:
-            row.server_cpu = self.total() - before
+
+        def spent() -> float:
+            time.sleep(0.2)  # the client's backends exit once it has; let them be reaped
+            return self.total() - before
+
+        return spent
 
 
 def _postmaster_pid(url: str) -> int | None:
