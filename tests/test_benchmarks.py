@@ -9,30 +9,30 @@ from pathlib import Path
 from tests.conftest import PROJECT
 
 
-def test_the_loader_benchmark_loads_every_call_then_finds_them_unchanged():
+def _loader_bench(target: str, startup_runs: int) -> tuple[dict[str, str], str]:
+    """Runs the loader benchmark on 300 calls: its rows for `target` by load, and its output."""
     result = subprocess.run(
         [sys.executable, str(PROJECT / "scripts" / "bench_loader.py"), "--calls", "300",
-         "--targets", "sqlite", "--repeat", "1", "--startup-runs", "1"],
+         "--targets", target, "--repeat", "1", "--startup-runs", str(startup_runs)],
         capture_output=True, text=True, timeout=180, cwd=PROJECT)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split("|")[2].strip(): line for line in result.stdout.splitlines()
-            if line.startswith("| sqlite |")}
+            if line.startswith(f"| {target} |")}
+    return rows, result.stdout
+
+
+def test_the_loader_benchmark_loads_every_call_then_finds_them_unchanged():
+    rows, output = _loader_bench("sqlite", startup_runs=1)
     assert "new=300 updated=0 unchanged=0" in rows["first load"]
     assert "new=0 updated=0 unchanged=300" in rows["re-load, unchanged"]
     for command in ("`etl --help`", "`etl sync --jobs 0`", "`etl sync (nothing new"):
-        assert f"| {command}" in result.stdout, command
+        assert f"| {command}" in output, command
 
 
 def test_the_loader_benchmark_measures_the_postgres_servers_floor(postgres_url):
     # postgres_url: the server is there (or, outside CI, the test skips); the benchmark uses a
     # database of its own on it.
-    result = subprocess.run(
-        [sys.executable, str(PROJECT / "scripts" / "bench_loader.py"), "--calls", "300",
-         "--targets", "postgresql", "--repeat", "1", "--startup-runs", "0"],
-        capture_output=True, text=True, timeout=180, cwd=PROJECT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = {line.split("|")[2].strip(): line for line in result.stdout.splitlines()
-            if line.startswith("| postgresql |")}
+    rows, _ = _loader_bench("postgresql", startup_runs=0)
     assert "new=300 updated=0 unchanged=0" in rows["first load"]
     assert "new=0 updated=0 unchanged=300" in rows["re-load, unchanged"]
     assert "new=300" in rows["plain INSERT of the parsed rows (the server's floor)"]
