@@ -188,6 +188,18 @@ SELECT count(*) FILTER (WHERE fresh), count(*) FROM written
 """
 
 
+def pg_arrays(chunk: Sequence[CallRow]) -> tuple[list[Any], ...]:
+    """The rows as one array per column, in `_COLUMNS` order (what `_PG_ARRAYS` unnests)."""
+    return (
+        [r.call_uuid for r in chunk], [r.account_id for r in chunk],
+        [r.from_number for r in chunk], [r.to_number for r in chunk],
+        [r.direction for r in chunk], [r.status for r in chunk],
+        [r.end_reason for r in chunk], [r.duration for r in chunk],
+        [r.start_time for r in chunk], [r.answer_time for r in chunk],
+        [r.end_time for r in chunk], [r.raw_json for r in chunk],
+    )
+
+
 def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) -> LoadCounts:
     """PostgreSQL (psycopg 3): one statement per chunk, the same text every time, its rows
     sent as one array per column (`unnest`) in binary, `raw` as the text received. The server
@@ -200,16 +212,8 @@ def _unnest_upsert(conn: Connection, latest: dict[str, CallRow], now: datetime) 
     with pipelined(conn, "upsert calls") as driver:
         for start in range(0, len(rows), _PG_CHUNK):
             chunk = rows[start : start + _PG_CHUNK]
-            arrays = (
-                [r.call_uuid for r in chunk], [r.account_id for r in chunk],
-                [r.from_number for r in chunk], [r.to_number for r in chunk],
-                [r.direction for r in chunk], [r.status for r in chunk],
-                [r.end_reason for r in chunk], [r.duration for r in chunk],
-                [r.start_time for r in chunk], [r.answer_time for r in chunk],
-                [r.end_time for r in chunk], [r.raw_json for r in chunk],
-            )
             cursor = driver.cursor()
-            cursor.execute(_PG_UPSERT, (now, now, *arrays))
+            cursor.execute(_PG_UPSERT, (now, now, *pg_arrays(chunk)))
             sent.append((len(chunk), cursor))
     counts = LoadCounts()
     for size, cursor in sent:

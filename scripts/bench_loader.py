@@ -136,7 +136,7 @@ def plain_insert(engine: Engine, pages: list[Page], per_tx: int,
     What is left is the server's own work to store these rows in this table (jsonb, the
     primary key and three indexes, WAL) and the arrays' transfer."""
     from etl.db import pipelined
-    from etl.loader import _ALL, _PG_ARRAYS, _PG_CHUNK
+    from etl.loader import _ALL, _PG_ARRAYS, _PG_CHUNK, pg_arrays
 
     sql = (f"INSERT INTO calls ({', '.join(_ALL)}) SELECT *, %b::timestamptz, %b::timestamptz "
            f"FROM unnest({_PG_ARRAYS}) ON CONFLICT (call_uuid) DO NOTHING")
@@ -150,11 +150,7 @@ def plain_insert(engine: Engine, pages: list[Page], per_tx: int,
         with engine.begin() as conn, pipelined(conn, "plain insert") as driver:
             for first in range(0, len(rows), _PG_CHUNK):
                 chunk = rows[first : first + _PG_CHUNK]
-                driver.cursor().execute(sql, (now, now, *(
-                    [getattr(r, name) for r in chunk] for name in (
-                        "call_uuid", "account_id", "from_number", "to_number", "direction",
-                        "status", "end_reason", "duration", "start_time", "answer_time",
-                        "end_time", "raw_json"))))
+                driver.cursor().execute(sql, (now, now, *pg_arrays(chunk)))
     seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
     return seconds, cpu, LoadCounts(new=sum(len(rows) for rows in groups))
 

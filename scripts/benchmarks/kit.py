@@ -222,13 +222,20 @@ def run_child(argv: list[str], workdir: Path, env: dict[str, str], *, timeout: f
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3, the state, first); [] when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _proc_cpu(pid: int, *, children: bool = False) -> float:
     """CPU seconds of a live process from /proc (with `children`, also those of the children
     it has waited for); 0 when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = _stat_fields(pid)
+    if not fields:
         return 0.0
     ticks = int(fields[11]) + int(fields[12])  # utime, stime
     if children:
@@ -285,8 +292,7 @@ def _postmaster_pid(url: str) -> int | None:
     try:
         with engine.connect() as conn:
             backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        with open(f"/proc/{backend}/stat", encoding="ascii") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])  # its parent
+        return int(_stat_fields(backend)[1])  # the backend's parent
     except Exception:
         return None
     finally:
